@@ -1,0 +1,141 @@
+"""Audio input and the log-mel front end shared by every model.
+
+`load_audio` reads any file that soundfile can decode (wav, flac, ogg, mp3)
+into float32 mono at the requested sample rate. `LogMelSpectrogram` is the
+front end of every model of the course: a power mel spectrogram in decibels,
+numerically equal to torchaudio's ``MelSpectrogram`` followed by
+``AmplitudeToDB`` (periodic Hann window, centred frames with reflect padding,
+power 2, HTK mel scale, no filterbank normalisation, ``10 * log10(max(x,
+1e-10))``), written on ``torch.stft`` so that torchaudio is not needed.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from scipy.signal import resample_poly
+from torch import nn
+
+SAMPLE_RATE = 16000
+
+
+class AudioLoadError(RuntimeError):
+    """An audio file could not be decoded; the message names the file."""
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file as float32 mono at ``sample_rate`` Hz.
+
+    Multi-channel audio is averaged to mono; other rates are resampled with a
+    polyphase filter (``scipy.signal.resample_poly``). Returns an array of
+    shape ``(samples,)`` with values nominally in [-1, 1].
+
+    Raises ``FileNotFoundError`` for a missing file and ``AudioLoadError`` for
+    an empty, truncated or non-audio file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no audio file at {path}")
+    if path.stat().st_size == 0:
+        raise AudioLoadError(f"{path} is empty (0 bytes): nothing to decode")
+    try:
+        with sf.SoundFile(path) as f:
+            rate = f.samplerate
+            declared = f.frames
+            y = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioLoadError(f"could not decode {path}: {e}") from e
+    # libsndfile reports a wrong frame count for MP3, so only trust the header
+    # of the other formats: reading fewer frames than declared means truncation.
+    is_mp3 = path.suffix.lower() == ".mp3"
+    if len(y) == 0:
+        raise AudioLoadError(f"{path} holds no audio samples (truncated or empty stream)")
+    if not is_mp3 and 0 < declared and len(y) < declared:
+        raise AudioLoadError(f"{path} is truncated: the header promises {declared} frames, "
+                             f"only {len(y)} could be read")
+    if not np.all(np.isfinite(y)):
+        raise AudioLoadError(f"{path} decodes to non-finite samples")
+    y = y.mean(axis=1)
+    if rate != sample_rate:
+        g = math.gcd(int(rate), int(sample_rate))
+        y = resample_poly(y, sample_rate // g, rate // g).astype(np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale: ``2595 * log10(1 + f / 700)``."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = 512, n_mels: int = 96,
+                   f_min: float = 0.0, f_max: float | None = 8000.0) -> torch.Tensor:
+    """Triangular HTK mel filters, shape ``(n_fft // 2 + 1, n_mels)``.
+
+    Filter ``m`` rises from mel point ``m`` to ``m + 1`` and falls to
+    ``m + 2``, with ``n_mels + 2`` points evenly spaced in mel between
+    ``f_min`` and ``f_max``; bin frequencies are ``linspace(0, sr // 2,
+    n_fft // 2 + 1)`` and the filters are not normalised (torchaudio's
+    defaults).
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    m_pts = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2)
+    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts.unsqueeze(0) - freqs.unsqueeze(1)          # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+class LogMelSpectrogram(nn.Module):
+    """Waveform ``(batch, samples)`` or ``(batch, 1, samples)`` to log-mel
+    ``(batch, 1, n_mels, frames)`` in dB, with ``frames = 1 + samples // hop``.
+
+    A 3 s clip at 16 kHz (48,000 samples) gives ``(batch, 1, 96, 188)``. The
+    front end always runs in float32, also under mixed precision.
+    """
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = 512, hop_length: int | None = None,
+                 f_min: float = 0.0, f_max: float | None = 8000.0, n_mels: int = 96) -> None:
+        super().__init__()
+        self.sample_rate, self.n_fft, self.n_mels = sample_rate, n_fft, n_mels
+        self.hop_length = hop_length or n_fft // 2
+        self.f_min, self.f_max = f_min, f_max
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.register_buffer("mel_fb", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max),
+                             persistent=False)
+
+    def extra_repr(self) -> str:
+        return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
+                f"f_min={self.f_min}, f_max={self.f_max}, n_mels={self.n_mels}")
+
+    def n_frames(self, n_samples: int) -> int:
+        """Number of frames for an input of ``n_samples`` samples."""
+        return 1 + n_samples // self.hop_length
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.dim() == 3 and wav.shape[1] == 1:
+            wav = wav[:, 0]
+        if wav.dim() != 2:
+            raise ValueError(f"LogMelSpectrogram expects a waveform batch of shape (batch, samples) "
+                             f"or (batch, 1, samples), got {tuple(wav.shape)}")
+        if wav.shape[-1] <= self.n_fft // 2:
+            raise ValueError(f"input of {wav.shape[-1]} samples is too short for n_fft={self.n_fft}: "
+                             f"give at least {self.n_fft // 2 + 1} samples")
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            spec = torch.stft(wav.float(), self.n_fft, hop_length=self.hop_length, win_length=self.n_fft,
+                              window=self.window, center=True, pad_mode="reflect", return_complex=True)
+            power = spec.real.square() + spec.imag.square()             # (batch, n_freqs, frames)
+            mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)
+            db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+        return db.unsqueeze(1)

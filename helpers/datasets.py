@@ -1,0 +1,379 @@
+"""The on-disk dataset format and the torch Datasets that read it.
+
+Every dataset of the course, synthetic or MagnaTagATune, is prepared once into
+one folder with the same layout, so that every notebook runs unchanged on
+either::
+
+    ROOT/
+      audio.npy      int16 (n_clips, clip_samples), memory-mapped; clips shorter
+                     than clip_samples are zero-padded (see clips.csv n_samples)
+      labels.npy     uint8 (n_clips, n_tags), 0/1
+      clips.csv      one row per clip: index, clip_id, split, n_samples, origin
+                     (where the clip came from: an mp3 path, or a song id)
+      meta.json      format version, name, sample rate, tag list, split sizes
+                     and any extra facts of the source. Written last: a folder
+                     without it is not a dataset (yet).
+
+Preparing is resumable and atomic: :class:`DatasetWriter` records which clips
+are written in ``progress.npy`` (after flushing the audio), and only
+:meth:`DatasetWriter.finalize` writes ``meta.json``, through a temporary file
+and ``os.replace``. A killed preparation leaves a folder without ``meta.json``
+that the next run completes. Clips marked as failed (an unreadable file) keep
+their row with split ``excluded`` and are never read by the Datasets.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+EXCLUDED = "excluded"
+INT16_SCALE = 32768.0
+CLIP_FIELDS = ("index", "clip_id", "split", "n_samples", "origin")
+
+
+class DatasetNotReadyError(RuntimeError):
+    """The dataset folder is missing, incomplete or of another format version."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def float_to_int16(audio: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] to int16 (values outside are clipped)."""
+    return np.clip(np.round(np.asarray(audio, dtype=np.float32) * INT16_SCALE), -32768, 32767).astype(np.int16)
+
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """One clip of a dataset: its stable id, split and source (an mp3 path, a song id)."""
+
+    clip_id: str
+    split: str
+    origin: str
+
+
+class DatasetWriter:
+    """Write a dataset folder clip by clip, resumably.
+
+    ``clips`` fixes the order of the rows; ``labels`` is ``(n_clips, n_tags)``
+    0/1. Opening a folder that a previous, interrupted run left with the same
+    clips, tags and clip length resumes it: :meth:`pending` lists only the
+    clips still to write. A folder with other contents is an error unless
+    ``overwrite=True``.
+
+    Usage::
+
+        w = DatasetWriter(root, "synthetic", tags, clip_samples, clips, labels)
+        for i in w.pending():
+            w.write(i, audio_float32)      # or w.fail(i, "why")
+            w.checkpoint()                 # every few clips; cheap
+        w.finalize(extra={...})
+    """
+
+    def __init__(self, root: str | os.PathLike, name: str, tags: Sequence[str], clip_samples: int,
+                 clips: Sequence[ClipInfo], labels: np.ndarray, sample_rate: int = 16000,
+                 overwrite: bool = False) -> None:
+        self.root = Path(root)
+        self.name, self.tags = name, list(tags)
+        self.clip_samples, self.sample_rate = int(clip_samples), int(sample_rate)
+        self.clips = list(clips)
+        labels = np.asarray(labels, dtype=np.uint8)
+        if labels.shape != (len(self.clips), len(self.tags)):
+            raise ValueError(f"labels must have shape (n_clips, n_tags) = ({len(self.clips)}, {len(self.tags)}), "
+                             f"got {labels.shape}")
+        bad = {c.split for c in self.clips} - set(SPLITS)
+        if bad:
+            raise ValueError(f"unknown split names {sorted(bad)}: use {SPLITS}")
+        self.labels = labels
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.root / "meta.json").exists():
+            if not overwrite:
+                raise FileExistsError(f"{self.root} already holds a finished dataset; "
+                                      f"delete it or pass overwrite=True to prepare it again")
+            (self.root / "meta.json").unlink()
+        plan = {"format_version": FORMAT_VERSION, "name": name, "tags": self.tags,
+                "clip_samples": self.clip_samples, "sample_rate": self.sample_rate,
+                "clip_ids": [c.clip_id for c in self.clips]}
+        plan_path = self.root / "plan.json"
+        audio_path = self.root / "audio.npy"
+        progress_path = self.root / "progress.npy"
+        resumable = (plan_path.exists() and audio_path.exists() and progress_path.exists()
+                     and json.loads(plan_path.read_text()) == plan and not overwrite)
+        shape = (len(self.clips), self.clip_samples)
+        if resumable:
+            self.audio = np.load(audio_path, mmap_mode="r+")
+            resumable = self.audio.shape == shape and self.audio.dtype == np.int16
+        if resumable:
+            state = np.load(progress_path)
+            self.done, self.n_samples = state[0].astype(bool), state[1].astype(np.int64)
+            self.failed = self._read_failures()
+        else:
+            for p in (plan_path, progress_path, self.root / "failures.json"):
+                p.unlink(missing_ok=True)
+            self.audio = np.lib.format.open_memmap(audio_path, mode="w+", dtype=np.int16, shape=shape)
+            self.done = np.zeros(len(self.clips), dtype=bool)
+            self.n_samples = np.zeros(len(self.clips), dtype=np.int64)
+            self.failed = {}
+            _atomic_write_text(plan_path, json.dumps(plan))
+            self.checkpoint()
+
+    @property
+    def resumed_clips(self) -> int:
+        """Clips already written or failed when the writer was opened."""
+        return int(self.done.sum())
+
+    def pending(self) -> list[int]:
+        """Row indices of the clips not yet written (nor marked failed)."""
+        return [int(i) for i in np.flatnonzero(~self.done)]
+
+    def write(self, index: int, audio: np.ndarray) -> None:
+        """Store clip ``index`` (float in [-1, 1] or int16, shape ``(samples,)``).
+
+        Longer clips are cut to ``clip_samples``; shorter ones are zero-padded
+        and their true length is recorded.
+        """
+        audio = np.asarray(audio)
+        if audio.ndim != 1:
+            raise ValueError(f"clip {index}: expected mono audio of shape (samples,), got {audio.shape}")
+        pcm = audio if audio.dtype == np.int16 else float_to_int16(audio)
+        n = min(len(pcm), self.clip_samples)
+        self.audio[index, :n] = pcm[:n]
+        self.audio[index, n:] = 0
+        self.n_samples[index] = n
+        self.done[index] = True
+
+    def fail(self, index: int, reason: str) -> None:
+        """Mark clip ``index`` as unusable (it is excluded from every split)."""
+        self.failed[int(index)] = reason
+        self.done[index] = True
+        self.n_samples[index] = 0
+
+    def checkpoint(self) -> None:
+        """Make every clip written so far durable (audio first, then progress)."""
+        self.audio.flush()
+        if self.failed:
+            _atomic_write_text(self.root / "failures.json", json.dumps(self.failed))
+        _atomic_save_npy(self.root / "progress.npy", np.stack([self.done.astype(np.int64), self.n_samples]))
+
+    def _read_failures(self) -> dict[int, str]:
+        path = self.root / "failures.json"
+        return {int(k): v for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+
+    def finalize(self, extra: dict | None = None) -> dict:
+        """Write labels, the clip table and, last, ``meta.json``. Returns the metadata."""
+        if not self.done.all():
+            raise RuntimeError(f"{int((~self.done).sum())} clips of {self.root} are not written yet")
+        self.checkpoint()
+        splits = [EXCLUDED if i in self.failed else c.split for i, c in enumerate(self.clips)]
+        _atomic_save_npy(self.root / "labels.npy", self.labels)
+        tmp = self.root / "clips.csv.tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(CLIP_FIELDS)
+            for i, (c, s) in enumerate(zip(self.clips, splits)):
+                w.writerow([i, c.clip_id, s, int(self.n_samples[i]), c.origin])
+        os.replace(tmp, self.root / "clips.csv")
+        meta = {"format_version": FORMAT_VERSION, "name": self.name, "sample_rate": self.sample_rate,
+                "clip_samples": self.clip_samples, "n_clips": len(self.clips), "tags": self.tags,
+                "split_sizes": {s: splits.count(s) for s in SPLITS},
+                "excluded": {self.clips[i].clip_id: r for i, r in sorted(self.failed.items())}}
+        meta.update(extra or {})
+        _atomic_write_text(self.root / "meta.json", json.dumps(meta, indent=1))
+        for p in ("plan.json", "progress.npy", "failures.json"):
+            (self.root / p).unlink(missing_ok=True)
+        del self.audio
+        return meta
+
+
+class TaggedAudio:
+    """Read-only view of a prepared dataset folder.
+
+    Attributes: ``meta`` (dict), ``tags`` (list of str), ``audio`` (int16
+    memmap ``(n_clips, clip_samples)``), ``labels`` (uint8 ``(n_clips,
+    n_tags)``), ``clips`` (list of dicts from clips.csv), ``sample_rate``.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            what = "is incomplete (its preparation did not finish)" if self.root.exists() else "does not exist"
+            raise DatasetNotReadyError(
+                f"the dataset at {self.root} {what}. Prepare it with `python -m helpers prepare "
+                f"synthetic --root {self.root}` (or `prepare mtat`); an interrupted run resumes.")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DatasetNotReadyError(
+                f"the dataset at {self.root} has format version {self.meta.get('format_version')}, this code "
+                f"reads version {FORMAT_VERSION}: prepare it again (delete the folder, then `python -m helpers "
+                f"prepare {self.meta.get('name', 'synthetic')} --root {self.root}`)")
+        self.tags: list[str] = list(self.meta["tags"])
+        self.sample_rate: int = int(self.meta["sample_rate"])
+        self.audio = np.load(self.root / "audio.npy", mmap_mode="r")
+        self.labels = np.load(self.root / "labels.npy")
+        with open(self.root / "clips.csv", newline="", encoding="utf-8") as f:
+            self.clips = list(csv.DictReader(f))
+        for c in self.clips:
+            c["index"], c["n_samples"] = int(c["index"]), int(c["n_samples"])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s} {n}" for s, n in self.meta["split_sizes"].items())
+        return (f"TaggedAudio({self.meta['name']!r}: {len(self)} clips of "
+                f"{self.meta['clip_samples'] / self.sample_rate:.2f} s, {len(self.tags)} tags; {sizes})")
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Row indices of the clips of ``split`` ('train', 'valid' or 'test')."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+        return np.array([c["index"] for c in self.clips if c["split"] == split], dtype=np.int64)
+
+    def waveform(self, index: int) -> np.ndarray:
+        """The whole clip ``index`` as float32 in [-1, 1], shape ``(n_samples,)``."""
+        n = self.clips[index]["n_samples"]
+        return self.audio[index, :n].astype(np.float32) / INT16_SCALE
+
+    def tags_of(self, index: int) -> list[str]:
+        """Names of the tags of clip ``index``."""
+        return [t for t, y in zip(self.tags, self.labels[index]) if y]
+
+
+def _as_dataset(data: "TaggedAudio | str | os.PathLike") -> TaggedAudio:
+    return data if isinstance(data, TaggedAudio) else TaggedAudio(data)
+
+
+def chunk_starts(n_samples: int, chunk_samples: int) -> list[int]:
+    """Start offsets of the non-overlapping chunks of a clip (at least one)."""
+    return [k * chunk_samples for k in range(max(1, n_samples // chunk_samples))]
+
+
+class RandomCropDataset(Dataset):
+    """Training view: item ``i`` is a random crop of clip ``i`` of ``split``.
+
+    Returns ``(waveform, labels)``: float32 ``(chunk_samples,)`` and float32
+    ``(n_tags,)``. Clips shorter than a chunk are zero-padded. Crops use
+    NumPy's global-free generator seeded per worker by PyTorch's seed, so a
+    seeded DataLoader gives repeatable crops.
+    """
+
+    def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
+        self.data = _as_dataset(data)
+        self.indices = self.data.split_indices(split)
+        self.chunk_samples = int(chunk_samples)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = int(self.indices[i])
+        n = self.data.clips[row]["n_samples"]
+        start = int(torch.randint(0, n - self.chunk_samples + 1, ()).item()) if n > self.chunk_samples else 0
+        crop = np.zeros(self.chunk_samples, dtype=np.float32)
+        piece = self.data.audio[row, start:start + min(n, self.chunk_samples)]
+        crop[:len(piece)] = piece / INT16_SCALE
+        return torch.from_numpy(crop), torch.from_numpy(self.data.labels[row].astype(np.float32))
+
+
+class ChunkDataset(Dataset):
+    """Evaluation view: every non-overlapping chunk of every clip of ``split``.
+
+    Item ``j`` is ``(waveform, clip_position)``: float32 ``(chunk_samples,)``
+    and the position of its clip in ``clip_indices`` (0 .. n_clips - 1), so
+    that predictions can be averaged per clip. ``labels`` is the float32
+    ``(n_clips, n_tags)`` target matrix in the same order.
+    """
+
+    def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
+        self.data = _as_dataset(data)
+        self.clip_indices = self.data.split_indices(split)
+        self.chunk_samples = int(chunk_samples)
+        self.items = [(pos, int(row), start) for pos, row in enumerate(self.clip_indices)
+                      for start in chunk_starts(self.data.clips[int(row)]["n_samples"], self.chunk_samples)]
+        self.labels = torch.from_numpy(self.data.labels[self.clip_indices].astype(np.float32))
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.clip_indices)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        pos, row, start = self.items[j]
+        n = self.data.clips[row]["n_samples"]
+        chunk = np.zeros(self.chunk_samples, dtype=np.float32)
+        piece = self.data.audio[row, start:min(n, start + self.chunk_samples)]
+        chunk[:len(piece)] = piece / INT16_SCALE
+        return torch.from_numpy(chunk), pos
+
+
+class TripletDataset(Dataset):
+    """Tag-based triplets for metric learning (the homework's sampling).
+
+    Each item draws a tag at random (among tags with at least two positive
+    clips and one negative), an anchor and a different positive clip that
+    carry it, and a negative clip that does not; each is a random crop.
+    Returns three float32 ``(chunk_samples,)`` waveforms and the tag index.
+    An epoch has as many triplets as the split has clips.
+    """
+
+    def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
+        self.crops = RandomCropDataset(data, split, chunk_samples)
+        labels = self.crops.data.labels[self.crops.indices].astype(bool)
+        self.positives = [np.flatnonzero(labels[:, t]) for t in range(labels.shape[1])]
+        self.negatives = [np.flatnonzero(~labels[:, t]) for t in range(labels.shape[1])]
+        self.usable_tags = [t for t in range(labels.shape[1])
+                            if len(self.positives[t]) >= 2 and len(self.negatives[t]) >= 1]
+        if not self.usable_tags:
+            raise ValueError("no tag has two positive clips and one negative clip in this split")
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        tag = self.usable_tags[int(torch.randint(len(self.usable_tags), ()))]
+        pos = self.positives[tag]
+        a, p = torch.randperm(len(pos))[:2].tolist()
+        n = int(self.negatives[tag][int(torch.randint(len(self.negatives[tag]), ()))])
+        return self.crops[int(pos[a])][0], self.crops[int(pos[p])][0], self.crops[n][0], tag
+
+
+def default_root(name: str = "synthetic") -> Path:
+    """Where a dataset is prepared by default: ``data/<name>`` in the repository,
+    or ``$COURSE_DATA/<name>`` when that variable is set."""
+    base = os.environ.get("COURSE_DATA")
+    return Path(base) / name if base else Path(__file__).resolve().parent.parent / "data" / name
+
+
+def describe_splits(data: TaggedAudio) -> dict[str, int]:
+    """Clips per split, e.g. ``{'train': 1400, 'valid': 300, 'test': 300}``."""
+    return {s: len(data.split_indices(s)) for s in SPLITS}
+
+
+def iter_rows(data: TaggedAudio, split: str) -> Iterable[int]:
+    """Row indices of ``split`` as Python ints."""
+    return (int(i) for i in data.split_indices(split))
