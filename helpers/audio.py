@@ -27,6 +27,26 @@ class AudioLoadError(RuntimeError):
     """An audio file could not be decoded; the message names the file."""
 
 
+def _wav_bytes_missing(path: Path) -> int:
+    """For a RIFF/WAVE file, how many bytes of its ``data`` chunk are missing
+    from the file (libsndfile silently shortens a truncated WAV); 0 otherwise."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        size = path.stat().st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return 0
+            cid, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                return max(0, f.tell() + length - size) if length != 0xFFFFFFFF else 0
+            f.seek(length + (length & 1), 1)
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Read an audio file as float32 mono at ``sample_rate`` Hz.
 
@@ -57,6 +77,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     if not is_mp3 and 0 < declared and len(y) < declared:
         raise AudioLoadError(f"{path} is truncated: the header promises {declared} frames, "
                              f"only {len(y)} could be read")
+    missing = _wav_bytes_missing(path)
+    if missing:
+        raise AudioLoadError(f"{path} is truncated: {missing} bytes of its audio data are missing")
     if not np.all(np.isfinite(y)):
         raise AudioLoadError(f"{path} decodes to non-finite samples")
     y = y.mean(axis=1)

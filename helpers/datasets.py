@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -354,12 +354,18 @@ class TripletDataset(Dataset):
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    def sample_indices(self) -> tuple[int, int, int, int]:
+        """Draw one triplet: positions (in the split) of the anchor, the
+        positive and the negative clip, and the tag index."""
         tag = self.usable_tags[int(torch.randint(len(self.usable_tags), ()))]
         pos = self.positives[tag]
         a, p = torch.randperm(len(pos))[:2].tolist()
         n = int(self.negatives[tag][int(torch.randint(len(self.negatives[tag]), ()))])
-        return self.crops[int(pos[a])][0], self.crops[int(pos[p])][0], self.crops[n][0], tag
+        return int(pos[a]), int(pos[p]), n, tag
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        a, p, n, tag = self.sample_indices()
+        return self.crops[a][0], self.crops[p][0], self.crops[n][0], tag
 
 
 def default_root(name: str = "synthetic") -> Path:
@@ -372,8 +378,3 @@ def default_root(name: str = "synthetic") -> Path:
 def describe_splits(data: TaggedAudio) -> dict[str, int]:
     """Clips per split, e.g. ``{'train': 1400, 'valid': 300, 'test': 300}``."""
     return {s: len(data.split_indices(s)) for s in SPLITS}
-
-
-def iter_rows(data: TaggedAudio, split: str) -> Iterable[int]:
-    """Row indices of ``split`` as Python ints."""
-    return (int(i) for i in data.split_indices(split))

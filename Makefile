@@ -1,0 +1,32 @@
+# Two commands: `make run` (the course on the synthetic dataset, cpu profile)
+# and `make test` (unit tests + every notebook under nbval, ci profile).
+# Both create .venv and install the pinned requirements first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+PROFILE ?= cpu
+
+.PHONY: run test install data clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" > /dev/null
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: install
+	$(PY) -m helpers prepare synthetic
+
+run: data
+	$(PY) -m helpers run --profile $(PROFILE) --out output
+
+test: data
+	COURSE_PROFILE=ci $(PY) -m pytest -p no:cacheprovider tests notebooks --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
+
+clean:
+	rm -rf $(VENV) output

@@ -1,0 +1,68 @@
+"""Command line of the course: ``python -m helpers COMMAND``.
+
+  prepare synthetic [--root DIR]     generate the synthetic dataset (about 30 s)
+  prepare mtat [...]                 download and prepare MagnaTagATune
+  run [--profile cpu] [--out DIR]    execute every notebook, write a summary
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _prepare_synthetic(args: argparse.Namespace) -> int:
+    from .datasets import TaggedAudio, default_root
+    from .synth import SynthConfig, prepare_synthetic
+
+    root = Path(args.root) if args.root else default_root("synthetic")
+    cfg = SynthConfig(n_songs=args.songs, seed=args.seed)
+    start = time.perf_counter()
+    prepare_synthetic(root, cfg, workers=args.workers, overwrite=args.overwrite)
+    data = TaggedAudio(root)
+    size_mb = sum(p.stat().st_size for p in root.iterdir()) / 1e6
+    print(f"{data!r}\nat {root} ({size_mb:.0f} MB on disk, ready in {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .course import run_notebooks
+
+    return run_notebooks(Path(args.notebooks), Path(args.out), args.profile, args.dataset, args.timeout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser("prepare", help="prepare a dataset in the on-disk format")
+    which = prepare.add_subparsers(dest="dataset", required=True)
+    syn = which.add_parser("synthetic", help="generate the synthetic tagged-music dataset")
+    syn.add_argument("--root", help="dataset folder (default: data/synthetic, or $COURSE_DATA/synthetic)")
+    syn.add_argument("--songs", type=int, default=500, help="number of songs, 4 clips each (default 500)")
+    syn.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    syn.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
+    syn.add_argument("--overwrite", action="store_true", help="generate again even if the folder is complete")
+    syn.set_defaults(func=_prepare_synthetic)
+    mtat = which.add_parser("mtat", help="download, verify and prepare MagnaTagATune")
+    try:
+        from . import mtat as mtat_module
+    except ImportError as e:  # pragma: no cover - only while the module is missing
+        mtat.set_defaults(func=lambda a: print(f"MagnaTagATune support is not available: {e}") or 1)
+    else:
+        mtat_module.add_arguments(mtat)
+        mtat.set_defaults(func=mtat_module.cli)
+    run = sub.add_parser("run", help="execute every notebook and write a results summary")
+    run.add_argument("--profile", default="cpu", choices=("ci", "cpu", "gpu"))
+    run.add_argument("--dataset", default="synthetic", choices=("synthetic", "mtat"))
+    run.add_argument("--notebooks", default="notebooks", help="folder of the notebooks (default notebooks)")
+    run.add_argument("--out", default="output", help="folder for executed notebooks and the summary")
+    run.add_argument("--timeout", type=int, default=1800, help="time limit per cell in seconds")
+    run.set_defaults(func=_run)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

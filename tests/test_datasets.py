@@ -1,0 +1,108 @@
+"""The on-disk format: writing, resuming, reading, and the torch Datasets."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.datasets import (ChunkDataset, ClipInfo, DatasetNotReadyError, DatasetWriter, RandomCropDataset,
+                              TaggedAudio, TripletDataset, chunk_starts)
+
+TAGS = ["a", "b", "c"]
+
+
+def small_writer(root, **kw):
+    clips = [ClipInfo(f"c{i}", ["train", "train", "valid", "test", "train"][i], f"song{i // 2}") for i in range(5)]
+    labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 1]])
+    return DatasetWriter(root, "toy", TAGS, 1000, clips, labels, **kw)
+
+
+def test_write_read_roundtrip_with_short_clip_and_failure(tmp_path):
+    w = small_writer(tmp_path / "ds")
+    for i in w.pending():
+        if i == 4:
+            w.fail(i, "unreadable")
+        else:
+            w.write(i, np.full(1000 if i != 1 else 400, 0.25 * (i + 1), dtype=np.float32))
+    meta = w.finalize(extra={"source": "test"})
+    assert meta["split_sizes"] == {"train": 2, "valid": 1, "test": 1} and meta["source"] == "test"
+    d = TaggedAudio(tmp_path / "ds")
+    assert d.audio.dtype == np.int16 and d.audio.shape == (5, 1000)
+    assert d.clips[1]["n_samples"] == 400 and len(d.waveform(1)) == 400
+    assert np.allclose(d.waveform(0), 0.25, atol=1e-4)
+    assert list(d.split_indices("train")) == [0, 1]                     # clip 4 is excluded
+    assert d.tags_of(1) == ["a", "b"]
+    assert not (tmp_path / "ds" / "progress.npy").exists()
+
+
+def test_interrupted_write_resumes_and_incomplete_folder_is_not_a_dataset(tmp_path):
+    w = small_writer(tmp_path / "ds")
+    w.write(0, np.ones(1000, dtype=np.float32) * 0.5)
+    w.write(1, np.ones(1000, dtype=np.float32) * 0.5)
+    w.checkpoint()
+    w.write(2, np.ones(1000, dtype=np.float32) * 0.5)                   # written but never checkpointed
+    del w
+    with pytest.raises(DatasetNotReadyError, match="prepare"):
+        TaggedAudio(tmp_path / "ds")
+    w2 = small_writer(tmp_path / "ds")
+    assert w2.pending() == [2, 3, 4] and w2.resumed_clips == 2
+    for i in w2.pending():
+        w2.write(i, np.ones(1000, dtype=np.float32) * 0.5)
+    w2.finalize()
+    assert len(TaggedAudio(tmp_path / "ds")) == 5
+    with pytest.raises(FileExistsError):
+        small_writer(tmp_path / "ds")
+
+
+def test_stale_format_version_is_reported(tmp_path):
+    w = small_writer(tmp_path / "ds")
+    for i in w.pending():
+        w.write(i, np.zeros(1000, dtype=np.float32))
+    w.finalize()
+    meta = json.loads((tmp_path / "ds" / "meta.json").read_text())
+    meta["format_version"] = 0
+    (tmp_path / "ds" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetNotReadyError, match="format version 0"):
+        TaggedAudio(tmp_path / "ds")
+    with pytest.raises(DatasetNotReadyError, match="does not exist"):
+        TaggedAudio(tmp_path / "nowhere")
+
+
+def test_random_crops_come_from_the_clip(tiny_root):
+    d = TaggedAudio(tiny_root)
+    ds = RandomCropDataset(d, "train", 16000)
+    torch.manual_seed(0)
+    x, y = ds[0]
+    row = int(ds.indices[0])
+    full = d.waveform(row)
+    assert x.shape == (16000,) and y.shape == (len(d.tags),)
+    starts = [s for s in range(len(full) - 16000 + 1) if np.array_equal(full[s:s + 16000], x.numpy())]
+    assert starts, "the crop is not a contiguous piece of its clip"
+    assert torch.equal(y, torch.from_numpy(d.labels[row].astype(np.float32)))
+
+
+def test_chunks_cover_every_clip_and_pad_short_ones(tiny_root):
+    d = TaggedAudio(tiny_root)
+    ds = ChunkDataset(d, "test", 16000)
+    n_per_clip = len(chunk_starts(d.clips[int(ds.clip_indices[0])]["n_samples"], 16000))
+    assert n_per_clip == 3 and len(ds) == 3 * ds.n_clips                  # 3.5 s clips: 3 chunks of 1 s
+    x, pos = ds[4]
+    assert pos == 1 and torch.equal(x, torch.from_numpy(d.waveform(int(ds.clip_indices[1]))[16000:32000]))
+    long = ChunkDataset(d, "test", 80000)                                  # longer than a clip: one padded chunk
+    x, _ = long[0]
+    assert len(long) == long.n_clips and x.shape == (80000,) and torch.all(x[56000:] == 0)
+
+
+def test_triplets_share_a_tag_and_the_negative_lacks_it(tiny_root):
+    d = TaggedAudio(tiny_root)
+    ds = TripletDataset(d, "train", 8000)
+    assert len(ds) == len(d.split_indices("train"))
+    torch.manual_seed(3)
+    labels = d.labels[ds.crops.indices]
+    for _ in range(200):
+        a, p, n, tag = ds.sample_indices()
+        assert a != p and labels[a, tag] == 1 and labels[p, tag] == 1 and labels[n, tag] == 0
+    xa, xp, xn, tag = ds[0]
+    assert xa.shape == xp.shape == xn.shape == (8000,) and tag in ds.usable_tags
