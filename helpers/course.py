@@ -24,6 +24,15 @@ def results_path() -> Path:
     return Path(os.environ.get("COURSE_RESULTS") or REPO / "output" / "results.jsonl")
 
 
+def checkpoint_path(name: str, dataset: str = "synthetic") -> Path:
+    """Where the course keeps the checkpoint ``name`` trained on ``dataset``:
+    ``checkpoints/<dataset>/<name>.pt`` in the repository, or under
+    ``$COURSE_CHECKPOINTS`` when set. ``best`` is the course's best tagger,
+    used by notebook 06 and ``python -m helpers tag``."""
+    base = Path(os.environ.get("COURSE_CHECKPOINTS") or REPO / "checkpoints")
+    return base / dataset / f"{name}.pt"
+
+
 def record_result(model: str, notebook: str, **metrics: Any) -> dict:
     """Append one result (a model's scores, parameters, throughput...) to the
     results file; a later record for the same model and notebook replaces an
