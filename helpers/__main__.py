@@ -29,7 +29,8 @@ def _prepare_synthetic(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .course import run_notebooks
 
-    return run_notebooks(Path(args.notebooks), Path(args.out), args.profile, args.dataset, args.timeout)
+    return run_notebooks(Path(args.notebooks), Path(args.out), args.profile, args.dataset, args.timeout,
+                         args.inplace, args.only)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--notebooks", default="notebooks", help="folder of the notebooks (default notebooks)")
     run.add_argument("--out", default="output", help="folder for executed notebooks and the summary")
     run.add_argument("--timeout", type=int, default=1800, help="time limit per cell in seconds")
+    run.add_argument("--inplace", action="store_true",
+                     help="also save the executed notebooks over the originals (to commit their outputs)")
+    run.add_argument("--only", nargs="+", metavar="PREFIX", help="run only notebooks starting with these, e.g. 00 01")
     run.set_defaults(func=_run)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -73,23 +73,28 @@ def format_results(rows: list[dict], columns: tuple = ("model", "notebook", "par
 
 
 def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str = "synthetic",
-                  timeout: int = 1800) -> int:
+                  timeout: int = 1800, inplace: bool = False, only: list[str] | None = None) -> int:
     """Execute every ``NN_*.ipynb`` of ``notebooks`` in order into ``out``,
     with the given profile and dataset; print each notebook's time and the
-    results table, and write ``out/summary.md``. Returns 0, or 1 if a
-    notebook failed (the others still run)."""
+    results table, and write ``out/summary.md``. ``inplace`` also writes the
+    executed notebooks back over the originals (how the committed outputs are
+    made); ``only`` restricts the run to notebooks whose name starts with one
+    of the given prefixes. Returns 0, or 1 if a notebook failed (the others
+    still run)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    paths = sorted(p for p in notebooks.glob("[0-9][0-9]_*.ipynb"))
+    paths = sorted(p for p in notebooks.glob("[0-9][0-9]_*.ipynb")
+                   if not only or any(p.name.startswith(o) for o in only))
     if not paths:
         print(f"no notebooks found in {notebooks}")
         return 1
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(COURSE_PROFILE=profile, COURSE_DATASET=dataset,
                       COURSE_RESULTS=str((out / "results.jsonl").resolve()))
-    (out / "results.jsonl").unlink(missing_ok=True)
+    if not only:
+        (out / "results.jsonl").unlink(missing_ok=True)
     timings, failed = [], []
     for path in paths:
         nb = nbformat.read(path, as_version=4)
@@ -106,6 +111,8 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
         seconds = time.perf_counter() - start
         timings.append((path.name, seconds, status))
         nbformat.write(nb, out / path.name)
+        if inplace and status == "ok":
+            nbformat.write(nb, path)
         print(f"  {status} in {seconds:.0f} s", flush=True)
     total = sum(t for _, t, _ in timings)
     lines = [f"# Course run: {profile} profile on the {dataset} dataset", "",

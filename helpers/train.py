@@ -114,9 +114,9 @@ class Recipe:
 
     def for_profile(self, profile: str, **changes: Any) -> "Recipe":
         """This recipe with the epochs, batch caps and workers of a profile."""
-        p = PROFILES[choose_profile(profile)]
-        return replace(self, epochs=p["epochs"], max_batches=p["max_batches"], batch_size=p["batch_size"],
-                       num_workers=p["num_workers"], amp=self.amp or profile == "gpu", **changes)
+        profile = choose_profile(profile)
+        settings = {**PROFILES[profile], "amp": self.amp or profile == "gpu"}
+        return replace(self, **{**settings, **changes})
 
 
 #: The homework's recipe: SGD(lr 1e-3, momentum 0.9, Nesterov), ReduceLROnPlateau
