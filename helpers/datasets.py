@@ -220,9 +220,12 @@ class TaggedAudio:
         meta_path = self.root / "meta.json"
         if not meta_path.exists():
             what = "is incomplete (its preparation did not finish)" if self.root.exists() else "does not exist"
+            plan = self.root / "plan.json"
+            name = json.loads(plan.read_text()).get("name", "") if plan.exists() else self.root.name
+            kind = "mtat" if name.startswith("mtat") else "synthetic"
             raise DatasetNotReadyError(
-                f"the dataset at {self.root} {what}. Prepare it with `python -m helpers prepare "
-                f"synthetic --root {self.root}` (or `prepare mtat`); an interrupted run resumes.")
+                f"the dataset at {self.root} {what}. Prepare it with `python -m helpers prepare {kind} "
+                f"--root {self.root}`; an interrupted run resumes where it stopped.")
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise DatasetNotReadyError(
