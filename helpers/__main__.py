@@ -3,6 +3,8 @@
   prepare synthetic [--root DIR]     generate the synthetic dataset (about 30 s)
   prepare mtat [...]                 download and prepare MagnaTagATune
   run [--profile cpu] [--out DIR]    execute every notebook, write a summary
+  student OUT_DIR                    write the student version of the notebooks
+  grade SUBMISSION... [--out CSV]    execute and grade submitted notebooks
 """
 from __future__ import annotations
 
@@ -31,6 +33,29 @@ def _run(args: argparse.Namespace) -> int:
 
     return run_notebooks(Path(args.notebooks), Path(args.out), args.profile, args.dataset, args.timeout,
                          args.inplace, args.only)
+
+
+def _student(args: argparse.Namespace) -> int:
+    from .grading import MarkerError, write_student_version
+
+    try:
+        written = write_student_version(Path(args.notebooks), Path(args.out_dir))
+    except MarkerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(written)} student notebooks to {args.out_dir}")
+    return 0
+
+
+def _grade(args: argparse.Namespace) -> int:
+    from .grading import grade
+
+    rows = grade([Path(p) for p in args.submissions], Path(args.out), args.timeout, Path(args.solutions))
+    for r in rows:
+        checks = ", ".join(f"{k[6:]} {v}" for k, v in r.items() if k.startswith("check_"))
+        print(f"{r['submission']}: {r['status']}" + (f" ({checks})" if checks else ""))
+    print(f"wrote {len(rows)} rows to {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                      help="also save the executed notebooks over the originals (to commit their outputs)")
     run.add_argument("--only", nargs="+", metavar="PREFIX", help="run only notebooks starting with these, e.g. 00 01")
     run.set_defaults(func=_run)
+    student = sub.add_parser("student", help="write the student version of every notebook")
+    student.add_argument("out_dir", help="folder for the student notebooks")
+    student.add_argument("--notebooks", default="notebooks", help="folder of the solution notebooks")
+    student.set_defaults(func=_student)
+    grade = sub.add_parser("grade", help="execute submitted notebooks (ci profile) and grade their exercises")
+    grade.add_argument("submissions", nargs="+", help="submitted notebooks, or folders of them")
+    grade.add_argument("--out", default="grades.csv", help="CSV file, one row per submission (default grades.csv)")
+    grade.add_argument("--timeout", type=int, default=600, help="time limit per cell in seconds (default 600)")
+    grade.add_argument("--solutions", default="notebooks",
+                       help="solution notebooks, to know which checks each notebook must pass")
+    grade.set_defaults(func=_grade)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

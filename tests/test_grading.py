@@ -1,0 +1,160 @@
+"""Student version, self-checks and grading."""
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from torch import nn
+
+from helpers.checks import check_cnn2d, check_recall_at_k
+from helpers.grading import BEGIN, END, MarkerError, grade, student_notebook, write_student_version
+from helpers.models import build_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+SETUP = "import os, sys\nsys.path.insert(0, os.path.abspath('..'))"
+RECALL_OK = f"""def my_recall(sim, labels, k):
+    {BEGIN}
+    from helpers.metrics import recall_at_k
+    return recall_at_k(sim, labels, k)
+    {END}"""
+RECALL_SELF = """def my_recall(sim, labels, k):
+    import numpy as np
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]       # forgets to skip the query itself
+    scores = [(labels[order[q]].any(0) & labels[q].astype(bool)).sum() / labels[q].sum()
+              for q in range(len(sim)) if labels[q].sum()]
+    return float(np.mean(scores))"""
+CHECK = "from helpers.checks import check_recall_at_k\ncheck_recall_at_k(my_recall)"
+RECORD = "from helpers.course import record_result\nrecord_result('toy', '99', roc_auc=0.75)"
+
+
+def make_notebook(cells: list[str], outputs: bool = True) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.nbformat_minor = 5
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# A toy homework")]
+    for src in cells:
+        cell = nbformat.v4.new_code_cell(src)
+        if outputs:
+            cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="old output\n")]
+        nb.cells.append(cell)
+    return nb
+
+
+def test_student_version_strips_solutions_and_clears_later_outputs(tmp_path):
+    nb = make_notebook([SETUP, "x = 1", RECALL_OK, CHECK])
+    student = student_notebook(nb, "toy.ipynb")
+    code = [c for c in student.cells if c.cell_type == "code"]
+    assert code[0].outputs and code[1].outputs                  # before the first exercise: kept
+    assert "recall_at_k(sim, labels, k)" not in code[2].source and BEGIN not in code[2].source
+    assert "    # YOUR CODE HERE\n    raise NotImplementedError" in code[2].source
+    assert code[2].outputs == [] and code[3].outputs == [] and code[3].source == CHECK
+    assert [c.id for c in student.cells] == [c.id for c in nb.cells]
+    assert nb.cells[3].source == RECALL_OK                      # the original is untouched
+
+
+def test_student_version_is_deterministic_and_reports_bad_markers(tmp_path):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    nbformat.write(make_notebook([SETUP, RECALL_OK, CHECK]), src / "01_toy.ipynb")
+    first = [p.read_bytes() for p in write_student_version(src, tmp_path / "a")]
+    second = [p.read_bytes() for p in write_student_version(src, tmp_path / "a")]
+    assert first == second and len(first) == 1
+    bad = make_notebook([SETUP, f"x = 1\n{BEGIN}\ny = 2"])
+    with pytest.raises(MarkerError, match=r"02_bad.ipynb, cell 2 .*without a matching"):
+        student_notebook(bad, "02_bad.ipynb")
+    with pytest.raises(MarkerError, match="without a"):
+        student_notebook(make_notebook([f"{END}"]), "x.ipynb")
+
+
+def test_student_notebook_runs_until_the_first_exercise(tmp_path):
+    nb = student_notebook(make_notebook([SETUP, "ready = 'yes'\nprint(ready)", RECALL_OK + "\nmy_recall(0, 0, 1)",
+                                         CHECK]), "toy")
+    client = NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}})
+    with pytest.raises(CellExecutionError, match="NotImplementedError"):
+        client.execute()
+    assert nb.cells[2].outputs[0]["text"] == "yes\n"
+
+
+def verdict(fn, *args) -> tuple[bool, str]:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        ok = fn(*args)
+    return ok, buf.getvalue()
+
+
+def test_cnn2d_check_passes_on_figure1_and_explains_a_wrong_padding():
+    ok, text = verdict(check_cnn2d, build_model("cnn2d"))
+    assert ok and text.startswith("PASSED")
+
+    def figure1_like(pad2: int, last_kernel: int, pad1: int = 1) -> nn.Module:
+        class Student(nn.Module):
+            def __init__(self):
+                super().__init__()
+                ref = build_model("cnn2d")
+                self.spec, self.spec_bn = ref.spec, ref.spec_bn
+                self.layers = nn.Sequential(
+                    nn.Conv2d(1, 64, 3, padding=pad1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(4),
+                    nn.Conv2d(64, 128, 3, padding=pad2), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(3),
+                    nn.Conv2d(128, 128, 3, padding=1), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(3),
+                    nn.Conv2d(128, 64, last_kernel, padding=last_kernel // 2), nn.BatchNorm2d(64), nn.ReLU(),
+                    nn.MaxPool2d((2, 5)))
+                self.linear = nn.Linear(64, 50)
+
+            def forward(self, x):
+                return self.linear(self.layers(self.spec_bn(self.spec(x))).flatten(1))
+        return Student()
+
+    ok, text = verdict(check_cnn2d, figure1_like(pad2=1, last_kernel=3))
+    assert ok, text                                       # a student's own correct version passes
+    ok, text = verdict(check_cnn2d, figure1_like(pad2=0, last_kernel=3))   # forgot the padding
+    assert not ok and "block 2 outputs 128x7x15 instead of 128x8x15" in text and "padding" in text
+    # the seed report's version: padding 2 first, a 1x1 last conv: right shapes, wrong model
+    ok, text = verdict(check_cnn2d, figure1_like(pad2=1, last_kernel=1, pad1=2))
+    assert not ok and "234,356 parameters instead of 299,892" in text
+
+
+def test_recall_check_passes_on_the_definition_and_catches_counting_the_query():
+    namespace: dict = {}
+    exec(RECALL_OK.replace(BEGIN, "").replace(END, ""), namespace)
+    ok, text = verdict(check_recall_at_k, namespace["my_recall"])
+    assert ok and text.startswith("PASSED")
+    exec(RECALL_SELF, namespace)
+    ok, text = verdict(check_recall_at_k, namespace["my_recall"])
+    assert not ok and "the definition gives 0.6250" in text and "its own neighbour" in text
+    ok, text = verdict(check_recall_at_k, lambda s, l, k: 1 / 0)
+    assert not ok and "ZeroDivisionError" in text
+
+
+def test_grading_a_folder_never_stops_on_a_broken_submission(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    nbformat.write(make_notebook([SETUP, RECALL_OK, CHECK, RECORD], outputs=False), subs / "alice.ipynb")
+    nbformat.write(make_notebook([SETUP, RECALL_SELF, CHECK, RECORD], outputs=False), subs / "bob.ipynb")
+    nbformat.write(make_notebook([SETUP, "raise RuntimeError('my code crashed')", CHECK], outputs=False),
+                   subs / "carol.ipynb")
+    (subs / "dave.txt").write_text("I forgot to attach the notebook")
+    out = tmp_path / "grades.csv"
+    proc = subprocess.run([sys.executable, "-m", "helpers", "grade", str(subs), "--out", str(out),
+                           "--solutions", str(subs), "--timeout", "120"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with open(out, newline="") as f:
+        rows = {Path(r["submission"]).stem: r for r in csv.DictReader(f)}
+    assert set(rows) == {"alice", "bob", "carol", "dave"}
+    assert rows["alice"]["status"] == "ok" and rows["alice"]["check_recall_at_k"] == "passed"
+    assert float(rows["alice"]["toy_roc_auc"]) == 0.75
+    assert rows["bob"]["status"] == "ok" and rows["bob"]["check_recall_at_k"] == "failed"
+    assert rows["carol"]["status"] == "error" and rows["carol"]["check_recall_at_k"] == "error"
+    assert "my code crashed" in rows["carol"]["error"]
+    assert rows["dave"]["status"] == "not a notebook"
