@@ -25,6 +25,7 @@ import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_STUB = ("# YOUR CODE HERE", "raise NotImplementedError")
+COURSE_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 CHECK_CALL = re.compile(r"\bcheck_(\w+)\s*\(")
 
 
@@ -105,11 +106,13 @@ def expected_checks(nb: nbformat.NotebookNode) -> list[str]:
 GRADE_FIELDS = ("submission", "status", "seconds")
 
 
-def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None) -> dict:
+def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run_dir: Path | None = None) -> dict:
     """Execute one submission and return its row: ``status`` (``ok``,
     ``error``, ``timeout`` or ``not a notebook``), one column per check
     (``passed`` / ``failed`` / ``error`` when it never ran), the metrics the
-    notebook recorded and, for an error, the first line of its message."""
+    notebook recorded and, for an error, the first line of its message.
+    The notebook runs in ``run_dir`` (default: the course's notebooks folder,
+    so that its setup cell finds ``helpers`` wherever the file was saved)."""
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
@@ -131,7 +134,7 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None) -> 
                           COURSE_RESULTS=str(results_file))
         try:
             NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(_run_dir(path))}}).execute()
+                           resources={"metadata": {"path": str(run_dir or COURSE_NOTEBOOKS)}}).execute()
             row["status"] = "ok"
         except CellTimeoutError:
             row.update(status="timeout", error=f"a cell ran longer than {timeout} s")
@@ -159,12 +162,6 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None) -> 
     return row
 
 
-def _run_dir(path: Path) -> Path:
-    """Where a submission runs: the course's notebooks folder, so that its
-    relative imports and data paths work wherever the file was saved."""
-    return Path(__file__).resolve().parent.parent / "notebooks"
-
-
 def _first_error_line(e: Exception) -> str:
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     for ln in reversed(lines):
@@ -173,7 +170,8 @@ def _first_error_line(e: Exception) -> str:
     return (lines[-1] if lines else type(e).__name__)[:200]
 
 
-def grade(paths: Sequence[Path], out_csv: Path, timeout: int = 600, solutions: Path | None = None) -> list[dict]:
+def grade(paths: Sequence[Path], out_csv: Path, timeout: int = 600, solutions: Path | None = None,
+          run_dir: Path | None = None) -> list[dict]:
     """Grade every submission (a notebook, or every ``*.ipynb`` in a folder and
     any other file given) into ``out_csv``; never stops on a broken one."""
     from tqdm.auto import tqdm
@@ -181,7 +179,7 @@ def grade(paths: Sequence[Path], out_csv: Path, timeout: int = 600, solutions: P
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])
-    rows = [grade_one(f, timeout, solutions) for f in tqdm(files, desc="grading", unit="notebook")]
+    rows = [grade_one(f, timeout, solutions, run_dir) for f in tqdm(files, desc="grading", unit="notebook")]
     fields = list(GRADE_FIELDS)
     for r in rows:
         fields += [k for k in r if k not in fields]
