@@ -5,6 +5,8 @@
   run [--profile cpu] [--out DIR]    execute every notebook, write a summary
   student OUT_DIR                    write the student version of the notebooks
   grade SUBMISSION... [--out CSV]    execute and grade submitted notebooks
+  tag FILE... [--model CKPT] [--top K] [--taggram PNG] [--json]
+                                     tag audio files with a trained checkpoint
 """
 from __future__ import annotations
 
@@ -58,6 +60,26 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate)")
+    parser.add_argument("--model", metavar="CHECKPOINT", default=None,
+                        help="checkpoint to tag with (default: checkpoints/synthetic/best.pt, saved by notebook 05)")
+    parser.add_argument("--top", type=int, default=5, metavar="K", help="how many tags to print (default 5)")
+    parser.add_argument("--taggram", metavar="PNG", default=None,
+                        help="also draw the taggram (time x tags) into this picture; with several files, one "
+                             "picture each, named after PNG and the audio file (PNGSTEM_AUDIOSTEM.png)")
+    parser.add_argument("--hop", type=float, default=1.0, metavar="SECONDS",
+                        help="hop between analysis windows in seconds (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def _tag(args: argparse.Namespace) -> int:
+    from .tagging import tag_files_cli
+
+    return tag_files_cli(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--solutions", default="notebooks",
                        help="solution notebooks, to know which checks each notebook must pass")
     grade.set_defaults(func=_grade)
+    tag = sub.add_parser("tag", help="tag audio files with a trained checkpoint (top tags, taggram)")
+    _tag_arguments(tag)
+    tag.set_defaults(func=_tag)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -33,6 +33,24 @@ def checkpoint_path(name: str, dataset: str = "synthetic") -> Path:
     return base / dataset / f"{name}.pt"
 
 
+def open_dataset(name: str = "synthetic", root: str | os.PathLike | None = None, progress: bool = True):
+    """The prepared dataset ``name`` (a :class:`helpers.datasets.TaggedAudio`)
+    at ``root`` (default :func:`helpers.datasets.default_root`). The synthetic
+    set is generated first when missing (about 30 s, e.g. in a fresh Colab
+    runtime); a missing MTAT raises ``DatasetNotReadyError`` with the command
+    that prepares it (``python -m helpers prepare mtat``, see notebook 00)."""
+    from .datasets import TaggedAudio, default_root
+
+    if name not in ("synthetic", "mtat"):
+        raise ValueError(f"unknown dataset {name!r}: choose 'synthetic' or 'mtat'")
+    root = Path(root) if root is not None else default_root(name)
+    if name == "synthetic" and not (root / "meta.json").exists():
+        from .synth import prepare_synthetic
+
+        prepare_synthetic(root, progress=progress)
+    return TaggedAudio(root)
+
+
 def record_result(model: str, notebook: str, **metrics: Any) -> dict:
     """Append one result (a model's scores, parameters, throughput...) to the
     results file; a later record for the same model and notebook replaces an
@@ -93,6 +111,7 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(COURSE_PROFILE=profile, COURSE_DATASET=dataset,
                       COURSE_RESULTS=str((out / "results.jsonl").resolve()))
+    os.environ.setdefault("COURSE_PROGRESS", "0")          # no progress bars in recorded outputs
     if not only:
         (out / "results.jsonl").unlink(missing_ok=True)
     timings, failed = [], []
@@ -122,3 +141,80 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------
+# The course's final table (notebook 05 and output/summary.md)
+# ----------------------------------------------------------------------------
+
+#: Published MagnaTagATune figures (REFERENCE.md sections 1 and 3), by
+#: ``build_model`` name and how the model was trained. They come from other
+#: splits, recipes and hardware than any run of this course: references, never
+#: results. Source ``W``: Won et al. 2020, clean split (15,244 / 1,529 / 4,332
+#: clips). ``H``: KAIST GCT634 HW2 (2021), the homework's subset (6,206 / 1,529
+#: / 1,339 clips): the given 1D baseline, one student's Q1 2D CNN, and the
+#: report in ``seed/`` (tuned 2D CNN, Recall@K).
+PUBLISHED_MTAT: dict[tuple[str, str], dict[str, Any]] = {
+    ("cnn1d", "tagger"): {"roc_auc": 0.61, "source": "H"},
+    ("cnn2d", "tagger"): {"roc_auc": 0.77, "source": "H"},
+    ("cnn2d_tuned", "tagger"): {"roc_auc": 0.86, "source": "H"},
+    ("crnn", "tagger"): {"roc_auc": 0.8722, "pr_auc": 0.3625, "source": "W"},
+    ("musicnn", "tagger"): {"roc_auc": 0.9106, "pr_auc": 0.4493, "source": "W"},
+    ("short_chunk", "tagger"): {"roc_auc": 0.9126, "pr_auc": 0.4590, "source": "W"},
+    ("short_chunk_res", "tagger"): {"roc_auc": 0.9129, "pr_auc": 0.4614, "source": "W"},
+    ("linear_projection", "embedder"): {"recall": (0.339, 0.478, 0.610, 0.736), "source": "H"},
+    ("musicnn", "embedder"): {"recall": (0.354, 0.512, 0.674, 0.797), "source": "H"},
+}
+PUBLISHED_SOURCES = {
+    "W": "Won et al. 2020, MTAT clean split (15,244 / 1,529 / 4,332 clips), full models, 200 epochs",
+    "H": "KAIST GCT634 HW2 (2021), MTAT homework subset (6,206 / 1,529 / 1,339 clips): given 1D baseline, "
+         "one student's Q1 2D CNN, and the report in seed/ (tuned 2D CNN, Recall@K)",
+}
+_BUILD_NAMES = ("cnn1d", "cnn2d", "cnn2d_tuned", "crnn", "musicnn", "short_chunk", "short_chunk_res",
+                "linear_projection")
+
+
+def published_mtat(model: str, trained_as: str = "tagger") -> dict[str, Any]:
+    """The published MTAT figures for a recorded model name (matched on the
+    longest ``build_model`` name it starts with), or ``{}``."""
+    matches = [n for n in _BUILD_NAMES if str(model).startswith(n)]
+    return PUBLISHED_MTAT.get((max(matches, key=len), trained_as), {}) if matches else {}
+
+
+def course_table(rows: list[dict] | None = None) -> str:
+    """Every model of the course in one Markdown table, beside the published
+    MTAT figures (:data:`PUBLISHED_MTAT`), with a legend below.
+
+    ``rows``: result records (default :func:`read_results`). Columns: model
+    (its ``label`` when recorded), notebook, trained as (tagger: BCE on tags;
+    embedder: triplet loss), parameters, training clips per second, this run's
+    test macro ROC-AUC, PR-AUC and Recall@1/2/4/8, then the MTAT columns. A
+    missing value shows as ``-``.
+    """
+    rows = read_results() if rows is None else rows
+    if not rows:
+        return "(no results recorded yet: run the notebooks first)"
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+    head = ["model", "nb", "trained as", "params", "train clips/s", "ROC-AUC", "PR-AUC",
+            "R@1", "R@2", "R@4", "R@8", "MTAT ROC-AUC", "MTAT PR-AUC", "MTAT R@1/2/4/8", "MTAT src"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---"] * 2 + ["---:"] * 11 + ["---"]) + "|"]
+    for r in rows:
+        kind = r.get("trained_as", "tagger")
+        pub = published_mtat(r["model"], kind)
+        speed = r.get("train_clips_per_s")
+        cells = [str(r.get("label") or r["model"]), str(r.get("notebook", "")), kind,
+                 num(r.get("params"), ","), num(speed, ",.0f" if speed and speed >= 100 else ".1f"),
+                 num(r.get("roc_auc"), ".3f"), num(r.get("pr_auc"), ".3f"),
+                 *(num(r.get(f"R@{k}"), ".3f") for k in (1, 2, 4, 8)),
+                 num(pub.get("roc_auc"), ".4g"), num(pub.get("pr_auc"), ".4g"),
+                 "/".join(f"{v:.3f}" for v in pub["recall"]) if "recall" in pub else "-", pub.get("source", "-")]
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = ["", "ROC-AUC, PR-AUC: macro averages over tags on this run's test split; R@K: multi-label "
+                  "Recall@K of the test clips' embeddings (cosine). train clips/s: measured while training "
+                  "(3 clips per triplet for embedders), on this run's hardware.",
+              "MTAT columns are published figures on MagnaTagATune, NOT results of this run (other data, "
+              "splits and recipes): " + "; ".join(f"{k} = {v}" for k, v in PUBLISHED_SOURCES.items()) + "."]
+    return "\n".join(lines + legend)

@@ -27,6 +27,11 @@ Models, their mels and training chunk, and the inputs they accept:
 - ``short_chunk_res``: 128 mels, 59,049 samples; any length (global max pool).
 - ``linear_projection``: 96 mels, 3 s; exactly 48,000 samples (it flattens the spectrogram).
 
+The four state-of-the-art models (``crnn``, ``musicnn``, ``short_chunk``,
+``short_chunk_res``) take a ``width`` option, a channel multiplier: 1.0 (the
+default) is the paper's model; the course's ``cpu`` profile trains them at
+``width=0.25`` (about 1/16 of the convolution cost), labelled as such.
+
 Each model's ``min_samples`` gives its shortest input ("any length" above:
 at least 257 samples, the front end's minimum); a shorter one, or a batch of
 the wrong rank, raises a ``ValueError`` naming the expected shape.
@@ -49,6 +54,7 @@ from helpers.audio import SAMPLE_RATE, LogMelSpectrogram
 
 __all__ = [
     "MODEL_NAMES", "build_model", "layer_shapes", "count_parameters", "model_table", "format_table",
+    "scaled_channels",
     "Conv1dBlock", "Conv2dBlock", "ResBlock2d", "GlobalPool", "TimbralBranch", "TemporalBranch",
     "MusicnnFrontEnd", "SpectrogramModel", "Classifier", "CNN1D", "CNN2D", "TunedCNN2D", "CRNN",
     "Musicnn", "ShortChunkCNN", "ShortChunkResCNN", "LinearProjection",
@@ -314,7 +320,8 @@ class Classifier(SpectrogramModel):
         self.dropout: nn.Module | None = None      # set to a module by models that have one
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, n_tags={self.n_tags}"
+        width = getattr(self, "width", 1.0)
+        return f"{super().extra_repr()}, n_tags={self.n_tags}" + (f", width={width:g}" if width != 1.0 else "")
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Waveform ``(batch, samples)`` at 16 kHz -> logits ``(batch, n_tags)``."""
@@ -328,6 +335,14 @@ def _min_frames(time_pools: Sequence[int]) -> int:
     """Fewest frames that survive max pools of these kernels along time
     (each ``floor(t / k)`` must stay >= 1)."""
     return math.prod(time_pools)
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded to the nearest integer (at least 1): the
+    channel count of a layer in a model built with the ``width`` option."""
+    if not (isinstance(width, (int, float)) and 0 < width <= 4):
+        raise ValueError(f"width must be a channel multiplier in (0, 4], e.g. 0.25 or 1.0, got {width!r}")
+    return max(1, int(round(channels * width)))
 
 
 # --------------------------------------------------------------------------- homework models
@@ -456,16 +471,21 @@ class CRNN(Classifier):
     Trained on the course's 3 s crops (188 frames) the GRU sees a single time
     step; Won et al. trained it on 29.1 s (18 steps). Longer inputs give more
     steps; needs at least 96 frames (24,320 samples, 1.52 s).
+
+    ``width`` multiplies the channels of the convolutions (``width=0.25``:
+    16, 32, 32, 32), for training on a CPU in minutes; the GRU keeps 32 units.
     """
 
     name = "crnn"
     LAYOUT = ((64, (2, 2)), (128, (3, 3)), (128, (4, 4)), (128, (4, 4)))
 
-    def __init__(self, n_tags: int = 50, dropout: float = 0.5) -> None:
+    def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__(n_tags, n_mels=96, input_samples=THREE_SECONDS,
                          min_frames=_min_frames([p[1] for _, p in self.LAYOUT]))
+        self.width = width
         in_ch = 1
         for i, (out_ch, pool) in enumerate(self.LAYOUT, start=1):
+            out_ch = scaled_channels(out_ch, width)
             setattr(self, f"layer{i}", Conv2dBlock(in_ch, out_ch, pool))
             in_ch = out_ch
         self.gru = nn.GRU(in_ch, 32, num_layers=2, batch_first=True)
@@ -489,23 +509,28 @@ class Musicnn(Classifier):
     the front end: 561 + 3 * 64 = 753 x T; ``global_pool`` max and mean over
     time -> 1506; ``dense`` Linear(1506, 200) -> BN -> ReLU (the embedding,
     200); ``dropout`` 0.5; ``linear`` -> n_tags. Accepts any length.
+
+    ``width`` multiplies every channel count (``width=0.25``: timbral 51 + 51,
+    temporal 3 x 13, mid end 16, dense 50), for training on a CPU in minutes.
     """
 
     name = "musicnn"
 
-    def __init__(self, n_tags: int = 50, dropout: float = 0.5) -> None:
+    def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__(n_tags, n_mels=96, input_samples=THREE_SECONDS)
-        self.front_end = MusicnnFrontEnd(n_mels=96)
-        mid = 64
+        self.width = width
+        self.front_end = MusicnnFrontEnd(n_mels=96, timbral_channels=scaled_channels(204, width),
+                                         temporal_channels=scaled_channels(51, width))
+        mid, dense = scaled_channels(64, width), scaled_channels(200, width)
         self.layer1 = Conv1dBlock(self.front_end.out_channels, mid, 7)
         self.layer2 = Conv1dBlock(mid, mid, 7)
         self.layer3 = Conv1dBlock(mid, mid, 7)
         self.global_pool = GlobalPool("max+mean")
-        self.dense = nn.Sequential(nn.Linear(2 * (self.front_end.out_channels + 3 * mid), 200),
-                                   nn.BatchNorm1d(200), nn.ReLU())
+        self.dense = nn.Sequential(nn.Linear(2 * (self.front_end.out_channels + 3 * mid), dense),
+                                   nn.BatchNorm1d(dense), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(200, n_tags)
-        self.embedding_dim = 200
+        self.linear = nn.Linear(dense, n_tags)
+        self.embedding_dim = dense
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         front = self.front_end(x)                      # (batch, 561, frames)
@@ -526,22 +551,28 @@ class ShortChunkCNN(Classifier):
     -> BN -> ReLU (the embedding); ``dropout`` 0.5; ``linear`` -> n_tags.
     Longer inputs are max-pooled over time; needs at least 128 frames
     (32,512 samples).
+
+    ``width`` multiplies every channel count (``width=0.25``: 32, 32, 64, 64,
+    64, 64, 128 and a dense layer of 128), for training on a CPU in minutes.
     """
 
     name = "short_chunk"
     CHANNELS = (128, 128, 256, 256, 256, 256, 512)
 
-    def __init__(self, n_tags: int = 50, dropout: float = 0.5) -> None:
+    def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__(n_tags, n_mels=128, input_samples=SHORT_CHUNK, min_frames=2 ** len(self.CHANNELS))
+        self.width = width
         in_ch = 1
         for i, out_ch in enumerate(self.CHANNELS, start=1):
+            out_ch = scaled_channels(out_ch, width)
             setattr(self, f"layer{i}", self._block(in_ch, out_ch))
             in_ch = out_ch
+        dense = scaled_channels(512, width)
         self.global_pool = GlobalPool("max")
-        self.dense = nn.Sequential(nn.Linear(in_ch, 512), nn.BatchNorm1d(512), nn.ReLU())
+        self.dense = nn.Sequential(nn.Linear(in_ch, dense), nn.BatchNorm1d(dense), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
-        self.linear = nn.Linear(512, n_tags)
-        self.embedding_dim = 512
+        self.linear = nn.Linear(dense, n_tags)
+        self.embedding_dim = dense
 
     @staticmethod
     def _block(in_ch: int, out_ch: int) -> nn.Module:
@@ -558,12 +589,13 @@ class ShortChunkResCNN(ShortChunkCNN):
     block is a :class:`ResBlock2d` that halves both axes with stride 2
     (conv3x3/2 - BN - ReLU - conv3x3 - BN, plus a conv3x3/2 + BN shortcut,
     ReLU): 128 x 231 -> 512 x 1 x 2, then max over time. Accepts any length.
+    ``width`` multiplies every channel count, as in :class:`ShortChunkCNN`.
     """
 
     name = "short_chunk_res"
 
-    def __init__(self, n_tags: int = 50, dropout: float = 0.5) -> None:
-        super().__init__(n_tags, dropout)
+    def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0) -> None:
+        super().__init__(n_tags, dropout, width)
         self.min_frames = 1          # stride-2 convolutions round up: never empty
 
     @staticmethod
@@ -635,8 +667,10 @@ def build_model(name: str, n_tags: int = 50, **options: Any) -> SpectrogramModel
     ignores ``n_tags`` and outputs its embedding. ``options`` are the model's
     keyword arguments (see :func:`model_options`): ``cnn2d_tuned`` takes
     ``n_blocks``, ``residual``, ``dropout``; ``crnn``, ``musicnn``,
-    ``short_chunk`` and ``short_chunk_res`` take ``dropout``; ``linear_projection`` takes
-    ``embedding_dim``. An unknown name or option raises ``ValueError``.
+    ``short_chunk`` and ``short_chunk_res`` take ``dropout`` and ``width`` (a
+    channel multiplier, 1.0 = the paper's size; 0.25 trains on a CPU in
+    minutes); ``linear_projection`` takes ``embedding_dim``. An unknown name
+    or option raises ``ValueError``.
     """
     cls = _model_class(name)
     allowed = model_options(name)

@@ -1,0 +1,276 @@
+"""Tag any audio file with a trained checkpoint of the course.
+
+A checkpoint (see :func:`helpers.train.model_checkpoint`) carries the model
+name, its options and the tag list, so it is all that tagging needs::
+
+    tagger = Tagger("checkpoints/synthetic/best.pt")
+    result = tagger.tag_file("song.mp3")       # any file soundfile reads
+    result.top(5)                              # [('drums', 0.93), ...]
+    result.taggram                             # (n_windows, n_tags) probabilities
+
+The model slides over the whole file in windows of its training chunk
+(3 s, or 3.69 s for the short-chunk models) with a hop of ``hop_seconds``:
+each window gives one row of the *taggram* (time x tags, as in Pons et al.'s
+musicnn), and the file's tag probabilities are the mean of the rows.
+:class:`ClipIndex` finds the clips of a dataset whose embeddings (the
+model's ``embed``, averaged over windows and L2-normalised) are closest to a
+file's by cosine similarity.
+
+The command line ``python -m helpers tag FILE...`` uses :func:`tag_files_cli`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .audio import SAMPLE_RATE, AudioLoadError, load_audio
+from .datasets import ChunkDataset, TaggedAudio
+from .train import choose_device, load_checkpoint, predict
+
+__all__ = ["TagResult", "Tagger", "ClipIndex", "window_starts", "tag_files_cli"]
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start offsets of the sliding windows over a signal of ``n_samples``.
+
+    Windows start every ``hop`` samples; one more window, aligned with the end,
+    is added when the last regular one stops short of it, so that every sample
+    is covered. A signal shorter than ``window`` gives the single start 0 (the
+    window is zero-padded).
+    """
+    if window < 1 or hop < 1:
+        raise ValueError(f"window and hop must be positive sample counts, got {window} and {hop}")
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return starts
+
+
+@dataclass
+class TagResult:
+    """What the tagger says about one signal.
+
+    ``probs``: ``(n_tags,)`` tag probabilities of the whole signal (mean of the
+    taggram rows); ``taggram``: ``(n_windows, n_tags)`` probabilities per
+    window; ``starts``: window start times in seconds ``(n_windows,)``;
+    ``embedding``: ``(dim,)`` mean window embedding, L2-normalised.
+    """
+
+    source: str
+    duration: float
+    window: float
+    tags: list[str]
+    probs: np.ndarray
+    taggram: np.ndarray
+    starts: np.ndarray
+    embedding: np.ndarray
+    model_name: str = ""
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        """The ``k`` most probable tags, most probable first, as ``(tag, probability)``."""
+        order = np.argsort(-self.probs, kind="stable")[:k]
+        return [(self.tags[i], float(self.probs[i])) for i in order]
+
+    def to_dict(self, k: int = 5) -> dict[str, Any]:
+        """A JSON-ready summary: file, duration (s), windows, model, top ``k`` tags."""
+        return {"file": self.source, "duration_s": round(self.duration, 3), "windows": len(self.starts),
+                "window_s": round(self.window, 3), "model": self.model_name,
+                "top_tags": [{"tag": t, "probability": round(p, 4)} for t, p in self.top(k)]}
+
+    def describe(self, k: int = 5) -> str:
+        """The top ``k`` tags as an aligned text block, headed by the file."""
+        head = (f"{self.source} ({self.duration:.1f} s, {len(self.starts)} window(s) of {self.window:.2f} s, "
+                f"model {self.model_name}):")
+        top = self.top(k)
+        width = max(len(t) for t, _ in top)
+        return "\n".join([head] + [f"  {t.ljust(width)}  {p:.3f}" for t, p in top])
+
+
+class Tagger:
+    """A trained model with its tag list, ready to tag waveforms and files.
+
+    ``Tagger(path)`` loads a checkpoint (:func:`helpers.train.load_checkpoint`);
+    ``Tagger.from_model(model, tags)`` wraps a model in memory. ``hop_seconds``
+    is the default hop between windows (1 s).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
+                 hop_seconds: float = 1.0) -> None:
+        model, ckpt = load_checkpoint(checkpoint, device)
+        if ckpt.get("trained_as") == "embedder":
+            raise ValueError(f"{checkpoint} holds an embedder trained with a triplet loss, not a tagger: "
+                             f"tag with a tagger checkpoint, e.g. checkpoints/<dataset>/best.pt")
+        self._setup(model, list(ckpt["tags"]), ckpt.get("model_name", ""), hop_seconds, ckpt)
+        self.path = Path(checkpoint)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tags: Sequence[str], hop_seconds: float = 1.0,
+                   model_name: str | None = None) -> "Tagger":
+        """A tagger around a model already in memory (no checkpoint needed)."""
+        tagger = cls.__new__(cls)
+        tagger._setup(model, list(tags), model_name or getattr(model, "name", type(model).__name__),
+                      hop_seconds, {})
+        tagger.path = None
+        return tagger
+
+    def _setup(self, model: nn.Module, tags: list[str], name: str, hop_seconds: float, ckpt: dict) -> None:
+        n_out = getattr(model, "n_tags", None)
+        if n_out is None:
+            raise ValueError(f"{name or type(model).__name__} is not a tagger (no n_tags): "
+                             f"tag with a classifier checkpoint, e.g. checkpoints/<dataset>/best.pt")
+        if n_out != len(tags):
+            raise ValueError(f"the model outputs {n_out} tags but {len(tags)} tag names were given")
+        self.model, self.tags, self.model_name, self.checkpoint = model.eval(), tags, name, ckpt
+        self.hop_seconds = hop_seconds
+        self.window = int(getattr(model, "input_samples", 3 * SAMPLE_RATE))
+        self.device = next(model.parameters()).device
+
+    def __repr__(self) -> str:
+        return (f"Tagger({self.model_name}, {len(self.tags)} tags, windows of {self.window / SAMPLE_RATE:.2f} s, "
+                f"hop {self.hop_seconds:g} s)")
+
+    @torch.no_grad()
+    def tag_waveform(self, wav: np.ndarray, source: str = "waveform", hop_seconds: float | None = None,
+                     batch_size: int = 16) -> TagResult:
+        """Tag a 16 kHz mono float waveform ``(samples,)`` with sliding windows."""
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1 or len(wav) == 0:
+            raise ValueError(f"expected a mono waveform of shape (samples,), got {wav.shape}")
+        hop = max(1, int(round((hop_seconds or self.hop_seconds) * SAMPLE_RATE)))
+        starts = window_starts(len(wav), self.window, hop)
+        padded = np.zeros(max(len(wav), self.window), dtype=np.float32)
+        padded[:len(wav)] = wav
+        frames = torch.from_numpy(np.stack([padded[s:s + self.window] for s in starts]))
+        probs, embs = [], []
+        for i in range(0, len(frames), batch_size):
+            x = frames[i:i + batch_size].to(self.device)
+            z = self.model.embed(x)
+            probs.append(torch.sigmoid(self.model.linear(z)).float().cpu())
+            embs.append(z.float().cpu())
+        taggram = torch.cat(probs).numpy()
+        emb = torch.nn.functional.normalize(torch.cat(embs).mean(0), dim=0).numpy()
+        return TagResult(source=source, duration=len(wav) / SAMPLE_RATE, window=self.window / SAMPLE_RATE,
+                         tags=self.tags, probs=taggram.mean(0), taggram=taggram,
+                         starts=np.asarray(starts, dtype=np.float64) / SAMPLE_RATE, embedding=emb,
+                         model_name=self.model_name)
+
+    def tag_file(self, path: str | os.PathLike, hop_seconds: float | None = None) -> TagResult:
+        """Tag an audio file (any format and rate :func:`helpers.audio.load_audio`
+        reads; stereo is mixed to mono, other rates resampled to 16 kHz)."""
+        return self.tag_waveform(load_audio(path, SAMPLE_RATE), str(path), hop_seconds)
+
+
+class ClipIndex:
+    """Embeddings of the clips of a dataset split, for "more like this".
+
+    Each clip's embedding is the tagger model's ``embed`` averaged over the
+    clip's non-overlapping chunks and L2-normalised (as in
+    :func:`helpers.train.predict`); :meth:`nearest` ranks them by cosine
+    similarity to a query embedding.
+    """
+
+    def __init__(self, tagger: Tagger, data: TaggedAudio, split: str = "test", progress: bool = True,
+                 max_batches: int | None = None) -> None:
+        chunks = ChunkDataset(data, split, tagger.window)
+        self.data, self.split = data, split
+        self.embeddings = predict(tagger.model, chunks, batch_size=32, device=tagger.device, output="embedding",
+                                  progress=progress, max_batches=max_batches)
+        self.rows = np.asarray(chunks.clip_indices)
+        if max_batches is not None:
+            seen = sorted({chunks.items[j][0] for j in range(min(len(chunks), max_batches * 32))})
+            self.embeddings, self.rows = self.embeddings[seen], self.rows[seen]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def nearest(self, embedding: np.ndarray, k: int = 5, exclude: Sequence[int] = ()) -> list[dict[str, Any]]:
+        """The ``k`` clips most similar to ``embedding`` (dataset rows in
+        ``exclude`` left out): dicts with ``row``, ``clip_id``, ``similarity``
+        (cosine) and ``tags``, most similar first."""
+        q = np.asarray(embedding, dtype=np.float32)
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        sim = self.embeddings @ q
+        order = [int(i) for i in np.argsort(-sim, kind="stable") if int(self.rows[i]) not in set(exclude)][:k]
+        return [{"row": int(self.rows[i]), "clip_id": self.data.clips[int(self.rows[i])]["clip_id"],
+                 "similarity": float(sim[i]), "tags": self.data.tags_of(int(self.rows[i]))} for i in order]
+
+
+# ----------------------------------------------------------------------------
+# Command line: python -m helpers tag FILE... [--model CKPT] [--top K] [--taggram PNG] [--json]
+# (its options are declared in helpers/__main__.py, so that other commands do
+# not import torch)
+# ----------------------------------------------------------------------------
+
+def _taggram_path(base: Path, audio: Path, several: bool) -> Path:
+    return base.with_name(f"{base.stem}_{audio.stem}{base.suffix or '.png'}") if several else base
+
+
+def tag_files_cli(args: Any) -> int:
+    """Run ``python -m helpers tag``: 0 when every file was tagged, 1 when some
+    file could not be read, 2 when the checkpoint is missing or unreadable.
+    Errors go to stderr as one line naming the file, without a traceback."""
+    from .course import checkpoint_path
+
+    def error(msg: str) -> None:
+        print(f"error: {msg}", file=sys.stderr)
+
+    if args.top < 1:
+        error(f"--top must be at least 1, got {args.top}")
+        return 2
+    if args.hop <= 0:
+        error(f"--hop must be a positive number of seconds, got {args.hop}")
+        return 2
+    ckpt = Path(args.model) if args.model else checkpoint_path("best", "synthetic")
+    if not ckpt.is_file():
+        how = ("" if args.model else " Make it by running notebook 05 (`python -m helpers run --only 05`, "
+               "after `python -m helpers prepare synthetic`), or pass --model CHECKPOINT.")
+        error(f"no checkpoint at {ckpt}.{how}")
+        return 2
+    try:
+        tagger = Tagger(ckpt, device=choose_device(args.device), hop_seconds=args.hop)
+    except (ValueError, KeyError, RuntimeError) as e:
+        error(f"cannot use the checkpoint {ckpt}: {e}")
+        return 2
+    results, failed = [], 0
+    several = len(args.files) > 1
+    for name in args.files:
+        path = Path(name)
+        try:
+            result = tagger.tag_file(path)
+        except FileNotFoundError:
+            error(f"{path}: no such file")
+            failed += 1
+            continue
+        except (AudioLoadError, ValueError) as e:
+            error(f"{path}: cannot read this audio file ({e})")
+            failed += 1
+            continue
+        entry = result.to_dict(args.top)
+        if args.taggram:
+            import matplotlib
+            matplotlib.use("Agg", force=True)
+            import matplotlib.pyplot as plt
+
+            from .plots import plot_taggram
+            png = _taggram_path(Path(args.taggram), path, several)
+            png.parent.mkdir(parents=True, exist_ok=True)
+            fig = plot_taggram(result)
+            fig.savefig(png, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+            entry["taggram"] = str(png)
+        results.append(entry)
+        if not args.json:
+            print(result.describe(args.top) + (f"\n  taggram: {entry['taggram']}" if args.taggram else ""))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 1 if failed else 0
