@@ -155,3 +155,36 @@ def test_grading_a_folder_never_stops_on_a_broken_submission(tmp_path):
     assert rows["carol"]["status"] == "error" and rows["carol"]["check_recall_at_k"] == "error"
     assert "my code crashed" in rows["carol"]["error"]
     assert rows["dave"]["status"] == "not a notebook"
+
+
+COURSE = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", COURSE, ids=[p.name for p in COURSE])
+def test_course_notebooks_have_balanced_markers_and_leak_no_solution(path):
+    nb = nbformat.read(path, as_version=4)
+    student = student_notebook(nb, path.name)
+    solution_lines = set()
+    for cell in nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            if line.strip().startswith(BEGIN):
+                inside = True
+            elif line.strip().startswith(END):
+                inside = False
+            elif inside and line.strip():
+                solution_lines.add(line)
+    text = "\n".join(c.source for c in student.cells)
+    assert BEGIN not in text and END not in text
+    leaked = [ln for ln in solution_lines if ln in text.splitlines()]
+    assert not leaked, f"solution lines still in the student version: {leaked[:3]}"
+
+
+@pytest.mark.skipif(not (REPO / "notebooks" / "02_cnn2d.ipynb").exists(), reason="notebook 02 not written yet")
+def test_student_version_of_notebook_02_stops_at_its_exercise(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "ci")
+    nb = student_notebook(nbformat.read(REPO / "notebooks" / "02_cnn2d.ipynb", as_version=4), "02_cnn2d.ipynb")
+    client = NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO / "notebooks")}})
+    with pytest.raises(CellExecutionError, match="NotImplementedError"):
+        client.execute()
