@@ -25,7 +25,8 @@ run: data
 	$(PY) -m helpers run --profile $(PROFILE) --out output
 
 test: data
-	COURSE_PROFILE=ci $(PY) -m pytest -p no:cacheprovider tests $(wildcard notebooks/*.ipynb) --nbval --nbval-current-env \
+	COURSE_PROFILE=ci COURSE_RESULTS=$(CURDIR)/output/ci/results.jsonl COURSE_CHECKPOINTS=$(CURDIR)/output/ci/checkpoints \
+		$(PY) -m pytest -p no:cacheprovider tests $(wildcard notebooks/*.ipynb) --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
 clean:
