@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -369,6 +370,83 @@ class TripletDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         a, p, n, tag = self.sample_indices()
         return self.crops[a][0], self.crops[p][0], self.crops[n][0], tag
+
+
+#: Ways to draw triplets: ``tag`` is the homework's (a tag uniformly at random,
+#: then two clips with it and one without); ``tag_frequency`` draws the tag in
+#: proportion to its number of clips, so frequent tags, which most queries
+#: carry, are trained on as often as they are asked about; ``song`` is
+#: instance-based at the song level: two clips of one song against a clip of
+#: another song, without any tag.
+TRIPLET_SAMPLINGS = ("tag", "tag_frequency", "song")
+
+
+class TagFrequencyTripletDataset(TripletDataset):
+    """:class:`helpers.datasets.TripletDataset` with the tag drawn in
+    proportion to its number of positive clips in the split (instead of
+    uniformly): ``P(tag) = n_clips(tag) / sum(n_clips)``. Items are the same:
+    anchor, positive, negative waveforms ``(chunk_samples,)`` and the tag index.
+    """
+
+    def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
+        super().__init__(data, split, chunk_samples)
+        self.tag_weights = torch.tensor([float(len(self.positives[t])) for t in self.usable_tags])
+
+    def sample_indices(self) -> tuple[int, int, int, int]:
+        tag = self.usable_tags[int(torch.multinomial(self.tag_weights, 1))]
+        pos = self.positives[tag]
+        a, p = torch.randperm(len(pos))[:2].tolist()
+        n = int(self.negatives[tag][int(torch.randint(len(self.negatives[tag]), ()))])
+        return int(pos[a]), int(pos[p]), n, tag
+
+
+def song_of(origin: str) -> str:
+    """The song (recording) a clip comes from, read from its ``origin``: an
+    MTAT mp3 path without its ``-START-END.mp3`` segment suffix (MTAT cuts
+    each track into clips of about 29 s), else the origin itself (the
+    synthetic set's ``song0005 (pop)``)."""
+    return re.sub(r"-\d+-\d+\.mp3$", "", str(origin))
+
+
+class SongTripletDataset(TripletDataset):
+    """Instance-based triplets at the song level: the anchor and the positive
+    are two different clips of the same song (see :func:`song_of`), the
+    negative a clip of another song. No tag is used. Items: three float32
+    waveforms ``(chunk_samples,)`` and the song's index in the split (the
+    triplet's *key*). Only songs with at least two clips in the split give
+    anchors.
+    """
+
+    def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
+        super().__init__(data, split, chunk_samples)
+        songs = [song_of(self.crops.data.clips[int(r)]["origin"]) for r in self.crops.indices]
+        index = {name: k for k, name in enumerate(dict.fromkeys(songs))}
+        self.song = np.array([index[name] for name in songs], dtype=np.int64)
+        self.members = [np.flatnonzero(self.song == k) for k in range(len(index))]
+        self.anchors = np.array([i for i, k in enumerate(self.song) if len(self.members[k]) >= 2], dtype=np.int64)
+        if len(self.anchors) == 0 or len(self.members) < 2:
+            raise ValueError(f"song sampling needs songs with two clips or more in {split!r} and two songs at least")
+
+    def sample_indices(self) -> tuple[int, int, int, int]:
+        a = int(self.anchors[int(torch.randint(len(self.anchors), ()))])
+        song = int(self.song[a])
+        siblings = self.members[song][self.members[song] != a]
+        p = int(siblings[int(torch.randint(len(siblings), ()))])
+        j = int(torch.randint(len(self.song) - len(self.members[song]), ()))
+        n = int(np.flatnonzero(self.song != song)[j])
+        return a, p, n, song
+
+
+def triplet_dataset(data: TaggedAudio, split: str, chunk_samples: int = 48000,
+                    sampling: str = "tag") -> TripletDataset:
+    """The triplets of ``split`` drawn with ``sampling`` (see :data:`TRIPLET_SAMPLINGS`)."""
+    if sampling == "tag":
+        return TripletDataset(data, split, chunk_samples)
+    if sampling == "tag_frequency":
+        return TagFrequencyTripletDataset(data, split, chunk_samples)
+    if sampling == "song":
+        return SongTripletDataset(data, split, chunk_samples)
+    raise ValueError(f"unknown triplet sampling {sampling!r}: use one of {TRIPLET_SAMPLINGS}")
 
 
 def default_root(name: str = "synthetic") -> Path:

@@ -7,7 +7,9 @@ below 1e-5). :func:`fit` trains any classifier of :mod:`helpers.models` with
 ``BCEWithLogitsLoss`` on random crops, evaluates every epoch on all chunks of
 the validation clips, keeps the best model by validation loss, saves
 checkpoints atomically, resumes an interrupted run, and stops with a clear
-message when the loss becomes NaN.
+message when the loss becomes NaN. :func:`fit_triplet` trains embedders with
+a triplet loss (metric learning) in the same loop, and
+:func:`evaluate_retrieval` measures them with Recall@K.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from .datasets import ChunkDataset, RandomCropDataset, TaggedAudio
+from .datasets import ChunkDataset, RandomCropDataset, TaggedAudio, triplet_dataset
 from .metrics import TaggingScores, tagging_scores
 
 CHECKPOINT_FORMAT = 1
@@ -309,6 +311,119 @@ def _valid_pass(model: nn.Module, loader: DataLoader, n_clips: int, labels: torc
     return loss_sum / max(n, 1), scores
 
 
+def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: DataLoader,
+                  generator: torch.Generator, step: Callable, validate: Callable, history: Any, score_field: str,
+                  mode: str, run_spec: dict, best_checkpoint: Callable, checkpoint_dir: str | os.PathLike | None,
+                  resume: bool, device: torch.device, progress: bool, loss_name: str) -> Any:
+    """The epoch loop shared by :func:`fit` (tagging) and :func:`fit_triplet`
+    (metric learning): optimiser and plateau schedule, mixed precision, the
+    NaN stop, per-epoch validation, best-epoch selection, stopping rules,
+    atomic checkpoints and exact resume. What differs is passed in:
+
+    - ``step(batch, autocast) -> (loss, n_examples, n_clips)``: the loss of
+      one training batch (the model's forward pass inside ``autocast()``);
+    - ``validate() -> (score, fields)``: the selection score and the values of
+      the ``history`` fields to append for the epoch;
+    - ``score_field`` and ``mode`` (``'min'`` or ``'max'``): which history
+      field selects the best epoch, and in which direction;
+    - ``run_spec``: what identifies the run in ``last.pt`` (a resumed run must
+      match it); ``best_checkpoint(epoch, fields)``: the ``best.pt`` payload.
+    """
+    optimizer = make_optimizer(model, recipe)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=recipe.plateau_factor,
+                                                           patience=recipe.plateau_patience)
+    use_amp = recipe.amp and device.type == "cuda"
+    scaler = _grad_scaler() if use_amp else None
+    better = (lambda new, old: new < old) if mode == "min" else (lambda new, old: new > old)
+    start_epoch = 1
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    if last_path and resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        if any(state.get(key) != value for key, value in run_spec.items()):
+            raise ValueError(f"{last_path} belongs to another run (model, recipe or loss differ): delete it or "
+                             f"pass another checkpoint_dir, or resume=False to start over")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = type(history)(**state["history"])
+        start_epoch = state["epoch"] + 1
+        torch.set_rng_state(state["rng"])
+        generator.set_state(state["generator"])
+        if progress:
+            print(f"resuming {model_name} after epoch {state['epoch']} from {last_path}")
+    scores = getattr(history, score_field)
+    best_score = (min if mode == "min" else max)(scores) if scores else None
+    if history.stopped:
+        start_epoch = recipe.epochs + 1
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if ckpt_dir and (ckpt_dir / "best.pt").exists() and start_epoch > 1:
+        best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)["state_dict"]
+
+    def autocast():
+        return torch.autocast(device_type=device.type, enabled=use_amp)
+
+    epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"training {model_name}", unit="epoch",
+                  disable=not progress, initial=start_epoch - 1, total=recipe.epochs)
+    for epoch in epochs:
+        model.train()
+        n_batches = len(loader) if recipe.max_batches is None else min(recipe.max_batches, len(loader))
+        loss_sum, seen, clips, t0 = 0.0, 0, 0, time.perf_counter()
+        batches = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+                       disable=not progress)
+        for b, batch in enumerate(batches):
+            if b >= n_batches:
+                break
+            loss, n_examples, n_clips = step(batch, autocast)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the {loss_name} of {model_name} became {loss.item()} in epoch {epoch}, batch {b}: lower the "
+                    f"learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the input data."
+                    + (f" Checkpoints in {ckpt_dir} hold the last good epoch." if ckpt_dir else ""))
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.item() * n_examples
+            seen += n_examples
+            clips += n_clips
+            batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        elapsed = time.perf_counter() - t0
+        score, fields = validate()
+        history.epoch.append(epoch)
+        history.train_loss.append(loss_sum / max(seen, 1))
+        for name, value in fields.items():
+            getattr(history, name).append(value)
+        history.lr.append(optimizer.param_groups[0]["lr"])
+        history.train_clips_per_s.append(clips / elapsed if elapsed > 0 else float("nan"))
+        scheduler.step(score)
+        if best_score is None or better(score, best_score):
+            best_score = score
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if ckpt_dir:
+                save_checkpoint(ckpt_dir / "best.pt", best_checkpoint(epoch, fields))
+        epochs.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", **{score_field: f"{score:.4f}"})
+        if optimizer.param_groups[0]["lr"] < recipe.min_lr:
+            history.stopped = f"learning rate below {recipe.min_lr:g} after epoch {epoch}"
+        elif recipe.early_stopping and epoch - history.best_epoch >= recipe.early_stopping:
+            history.stopped = (f"no better {score_field.replace('_', ' ')} for {recipe.early_stopping} epochs "
+                               f"(epoch {epoch})")
+        if ckpt_dir:
+            save_checkpoint(last_path, {**run_spec, "epoch": epoch, "state_dict": model.state_dict(),
+                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                        "history": asdict(history), "rng": torch.get_rng_state(),
+                                        "generator": generator.get_state()})
+        if history.stopped:
+            break
+    epochs.close()
+    model.load_state_dict(best_state)
+    return history
+
+
 def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, model_name: str = "model",
         model_options: dict | None = None, checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
         device: str | torch.device | None = None, progress: bool = True) -> History:
@@ -338,115 +453,32 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
     valid = ChunkDataset(data, "valid", chunk)
     valid_loader = DataLoader(valid, batch_size=recipe.eval_batch_size, shuffle=False,
                               num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
-    optimizer = make_optimizer(model, recipe)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=recipe.plateau_factor,
-                                                           patience=recipe.plateau_patience)
-    use_amp = recipe.amp and device.type == "cuda"
-    scaler = _grad_scaler() if use_amp else None
     criterion = nn.BCEWithLogitsLoss()
-    history, best_loss, start_epoch = History(), math.inf, 1
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
-    if last_path and resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if state.get("model_name") != model_name or state.get("recipe") != asdict(recipe):
-            raise ValueError(f"{last_path} belongs to another run (model or recipe differ): delete it or "
-                             f"pass another checkpoint_dir, or resume=False to start over")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = History(**state["history"])
-        best_loss = min(history.valid_loss, default=math.inf)
-        start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        generator.set_state(state["generator"])
-        if progress:
-            print(f"resuming {model_name} after epoch {state['epoch']} from {last_path}")
-    if history.stopped:
-        start_epoch = recipe.epochs + 1
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if ckpt_dir and (ckpt_dir / "best.pt").exists() and start_epoch > 1:
-        best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)["state_dict"]
 
-    epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"training {model_name}", unit="epoch",
-                  disable=not progress, initial=start_epoch - 1, total=recipe.epochs)
-    for epoch in epochs:
-        model.train()
-        n_batches = len(train_loader) if recipe.max_batches is None else min(recipe.max_batches, len(train_loader))
-        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        batches = tqdm(train_loader, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                       disable=not progress)
-        for b, (x, y) in enumerate(batches):
-            if b >= n_batches:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                loss = criterion(model(x).float(), y)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the training loss of {model_name} became {loss.item()} in epoch {epoch}, batch {b}: "
-                    f"lower the learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the input data. "
-                    f"Checkpoints in {ckpt_dir} hold the last good epoch." if ckpt_dir else
-                    f"the training loss of {model_name} became {loss.item()} in epoch {epoch}, batch {b}: "
-                    f"lower the learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the input data.")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += loss.item() * len(x)
-            seen += len(x)
-            batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        elapsed = time.perf_counter() - t0
-        valid_loss, scores = _valid_pass(model, valid_loader, valid.n_clips, valid.labels, device, recipe.max_batches)
-        lr = optimizer.param_groups[0]["lr"]
-        history.epoch.append(epoch)
-        history.train_loss.append(loss_sum / max(seen, 1))
-        history.valid_loss.append(valid_loss)
-        history.valid_roc_auc.append(scores.roc_auc if scores else float("nan"))
-        history.valid_pr_auc.append(scores.pr_auc if scores else float("nan"))
-        history.lr.append(lr)
-        history.train_clips_per_s.append(seen / elapsed if elapsed > 0 else float("nan"))
-        scheduler.step(valid_loss)
-        if valid_loss < best_loss:
-            best_loss = valid_loss
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if ckpt_dir:
-                save_checkpoint(ckpt_dir / "best.pt", model_checkpoint(
-                    model, model_name, data.tags, model_options, epoch=epoch, valid_loss=valid_loss,
-                    dataset=data.meta.get("name", "")))
-        epochs.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", valid_loss=f"{valid_loss:.4f}",
-                           valid_auc=f"{history.valid_roc_auc[-1]:.3f}")
-        if optimizer.param_groups[0]["lr"] < recipe.min_lr:
-            history.stopped = f"learning rate below {recipe.min_lr:g} after epoch {epoch}"
-        elif recipe.early_stopping and epoch - history.best_epoch >= recipe.early_stopping:
-            history.stopped = f"no better validation loss for {recipe.early_stopping} epochs (epoch {epoch})"
-        if ckpt_dir:
-            save_checkpoint(last_path, {"model_name": model_name, "recipe": asdict(recipe), "epoch": epoch,
-                                        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "history": asdict(history),
-                                        "rng": torch.get_rng_state(), "generator": generator.get_state()})
-        if history.stopped:
-            break
-    epochs.close()
-    model.load_state_dict(best_state)
-    return history
+    def step(batch, autocast):
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        with autocast():
+            logits = model(x)
+        return criterion(logits.float(), y), len(x), len(x)
+
+    def validate():
+        loss, scores = _valid_pass(model, valid_loader, valid.n_clips, valid.labels, device, recipe.max_batches)
+        return loss, {"valid_loss": loss, "valid_roc_auc": scores.roc_auc if scores else float("nan"),
+                      "valid_pr_auc": scores.pr_auc if scores else float("nan")}
+
+    def best_checkpoint(epoch, fields):
+        return model_checkpoint(model, model_name, data.tags, model_options, epoch=epoch,
+                                valid_loss=fields["valid_loss"], dataset=data.meta.get("name", ""))
+
+    return _train_epochs(model, recipe, model_name, train_loader, generator, step, validate, History(),
+                         "valid_loss", "min", {"model_name": model_name, "recipe": asdict(recipe)},
+                         best_checkpoint, checkpoint_dir, resume, device, progress, "training loss")
 
 
 # ----------------------------------------------------------------------------
 # Metric learning (Question 3): triplet training and Recall@K
 # ----------------------------------------------------------------------------
 
-from .datasets import TripletDataset  # noqa: E402  (this section was added after the training loop)
-
-#: Ways to draw triplets: ``tag`` is the homework's (a tag uniformly at random,
-#: then two clips with it and one without); ``tag_frequency`` draws the tag in
-#: proportion to its number of clips, so frequent tags, which most queries
-#: carry, are trained on as often as they are asked about.
-TRIPLET_SAMPLINGS = ("tag", "tag_frequency")
 #: Distances for the triplet loss and for retrieval.
 DISTANCES = ("cosine", "euclidean")
 #: Which layer gives a model's embedding: ``output``, what ``model(x)``
@@ -457,51 +489,58 @@ DISTANCES = ("cosine", "euclidean")
 EMBEDDINGS = ("output", "penultimate")
 
 
-class TagFrequencyTripletDataset(TripletDataset):
-    """:class:`helpers.datasets.TripletDataset` with the tag drawn in
-    proportion to its number of positive clips in the split (instead of
-    uniformly): ``P(tag) = n_clips(tag) / sum(n_clips)``. Items are the same:
-    anchor, positive, negative waveforms ``(chunk_samples,)`` and the tag index.
-    """
-
-    def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
-        super().__init__(data, split, chunk_samples)
-        self.tag_weights = torch.tensor([float(len(self.positives[t])) for t in self.usable_tags])
-
-    def sample_indices(self) -> tuple[int, int, int, int]:
-        tag = self.usable_tags[int(torch.multinomial(self.tag_weights, 1))]
-        pos = self.positives[tag]
-        a, p = torch.randperm(len(pos))[:2].tolist()
-        n = int(self.negatives[tag][int(torch.randint(len(self.negatives[tag]), ()))])
-        return int(pos[a]), int(pos[p]), n, tag
-
-
-def triplet_dataset(data: TaggedAudio, split: str, chunk_samples: int = 48000,
-                    sampling: str = "tag") -> TripletDataset:
-    """The triplets of ``split`` drawn with ``sampling`` (see :data:`TRIPLET_SAMPLINGS`)."""
-    if sampling == "tag":
-        return TripletDataset(data, split, chunk_samples)
-    if sampling == "tag_frequency":
-        return TagFrequencyTripletDataset(data, split, chunk_samples)
-    raise ValueError(f"unknown triplet sampling {sampling!r}: use one of {TRIPLET_SAMPLINGS}")
+def _closeness(x: torch.Tensor, y: torch.Tensor, distance: str) -> torch.Tensor:
+    """Pairwise closeness ``(len(x), len(y))``: cosine similarity, or minus
+    the Euclidean distance (with a safe gradient at distance 0)."""
+    if distance == "cosine":
+        return nn.functional.normalize(x, dim=1) @ nn.functional.normalize(y, dim=1).T
+    d2 = x.square().sum(1, keepdim=True) + y.square().sum(1) - 2 * x @ y.T
+    return -d2.clamp(min=1e-12).sqrt()
 
 
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.4,
-                 distance: str = "cosine") -> torch.Tensor:
+                 distance: str = "cosine", hard_negatives: float | None = None,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
     """Mean triplet loss of embeddings ``(batch, dim)``.
 
     ``cosine`` (the homework's): ``relu(margin - cos(a, p) + cos(a, n))``;
     ``euclidean``: ``relu(margin + |a - p| - |a - n|)`` on the raw (not
     normalised) embeddings, as ``torch.nn.TripletMarginLoss``.
+
+    ``hard_negatives`` (a fraction in (0, 1]; ``None``: each triplet's own
+    negative, the homework's) mines the batch: the candidate negatives of
+    anchor ``i`` are every embedding of the batch (anchors, positives,
+    negatives) except its own anchor and positive and the anchors and
+    positives of triplets with the same key (``keys``: ``(batch,)``, the tag
+    or the song the triplet was drawn for); ``cos(a, n)`` (or ``-|a - n|``)
+    becomes the mean closeness of its hardest ``ceil(fraction * candidates)``
+    candidates, the ones the model confuses most with the anchor.
     """
-    if distance == "cosine":
-        gap = (nn.functional.cosine_similarity(anchor, negative, dim=1)
-               - nn.functional.cosine_similarity(anchor, positive, dim=1))
-    elif distance == "euclidean":
-        gap = (anchor - positive).norm(dim=1) - (anchor - negative).norm(dim=1)
-    else:
+    if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}: use one of {DISTANCES}")
-    return torch.relu(margin + gap).mean()
+    if distance == "cosine":
+        close_p = nn.functional.cosine_similarity(anchor, positive, dim=1)
+    else:
+        close_p = -(anchor - positive).norm(dim=1)
+    if hard_negatives is None:
+        close_n = (nn.functional.cosine_similarity(anchor, negative, dim=1) if distance == "cosine"
+                   else -(anchor - negative).norm(dim=1))
+    else:
+        if not 0 < hard_negatives <= 1:
+            raise ValueError(f"hard_negatives must be a fraction in (0, 1], got {hard_negatives}")
+        b = len(anchor)
+        close = _closeness(anchor, torch.cat([anchor, positive, negative]), distance)   # (b, 3b)
+        excluded = torch.zeros_like(close, dtype=torch.bool)
+        own = torch.arange(b, device=anchor.device)
+        excluded[own, own] = True
+        excluded[own, own + b] = True
+        if keys is not None:
+            same = keys.to(anchor.device)[:, None] == keys.to(anchor.device)[None, :]
+            excluded[:, :b] |= same
+            excluded[:, b:2 * b] |= same
+        k = max(1, math.ceil(hard_negatives * int((~excluded).sum(1).min())))
+        close_n = close.masked_fill(excluded, -math.inf).topk(k, dim=1).values.mean(1)
+    return torch.relu(margin - close_p + close_n).mean()
 
 
 class _Embedder(nn.Module):
@@ -597,130 +636,59 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
                 model_options: dict | None = None, checkpoint_dir: str | os.PathLike | None = None,
                 resume: bool = True, device: str | torch.device | None = None, progress: bool = True,
                 margin: float = 0.4, distance: str = "cosine", sampling: str = "tag",
-                embedding: str = "output") -> TripletHistory:
+                embedding: str = "output", hard_negatives: float | None = None) -> TripletHistory:
     """Train ``model`` as an embedder with a triplet loss (metric learning).
 
     Each epoch draws as many triplets as the train split has clips (see
-    :func:`triplet_dataset`: ``sampling='tag'`` is the homework's), each clip a
+    :func:`helpers.datasets.triplet_dataset`: ``sampling='tag'`` is the homework's), each clip a
     random crop of ``model.input_samples`` samples; anchor, positive and
     negative go through the model in one batch of ``3 * batch_size`` and
     :func:`triplet_loss` (``margin``, ``distance``) is minimised on their
     embeddings (``embedding='output'``: what the model returns, so a
     classifier built with ``n_tags=D`` learns a D-dimensional embedding, the
-    homework's backbones; ``'penultimate'``: ``model.embed``). After every
-    epoch the validation Recall@1/2/4/8 (:func:`evaluate_retrieval`, same
-    ``distance`` and ``embedding``) is measured; its mean selects the best epoch and
-    drives ReduceLROnPlateau (mode max). Stopping rules, checkpoints
+    homework's backbones; ``'penultimate'``: ``model.embed``);
+    ``hard_negatives`` mines the batch for harder negatives (see
+    :func:`triplet_loss`; ``None``, the homework's, uses each triplet's
+    own). After every epoch the validation Recall@1/2/4/8
+    (:func:`evaluate_retrieval`, same ``distance`` and ``embedding``) is
+    measured; its mean selects the best epoch and drives ReduceLROnPlateau
+    (mode max). Stopping rules, checkpoints
     (``last.pt`` to resume, ``best.pt`` a model checkpoint with
     ``trained_as='embedder'``), resuming and the NaN stop are those of
     :func:`fit`. At the end the model holds the weights of its best epoch.
     """
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}: use one of {DISTANCES}")
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"unknown embedding {embedding!r}: use one of {EMBEDDINGS}")
+    embedder = _Embedder(model, embedding)
     device = choose_device(device)
     generator = seed_everything(recipe.seed)
     model.to(device)
     chunk = getattr(model, "input_samples", 48000)
-    triplets = triplet_dataset(data, "train", chunk, sampling)
-    loader = DataLoader(triplets, batch_size=recipe.batch_size, shuffle=True, drop_last=True, generator=generator,
-                        num_workers=recipe.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=recipe.num_workers > 0)
-    optimizer = make_optimizer(model, recipe)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=recipe.plateau_factor,
-                                                           patience=recipe.plateau_patience)
-    use_amp = recipe.amp and device.type == "cuda"
-    scaler = _grad_scaler() if use_amp else None
-    loss_spec = {"margin": margin, "distance": distance, "sampling": sampling, "embedding": embedding}
-    history, best_score, start_epoch = TripletHistory(), -math.inf, 1
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
-    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
-    if last_path and resume and last_path.exists():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if (state.get("model_name") != model_name or state.get("recipe") != asdict(recipe)
-                or state.get("loss") != loss_spec):
-            raise ValueError(f"{last_path} belongs to another run (model, recipe or loss differ): delete it or "
-                             f"pass another checkpoint_dir, or resume=False to start over")
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = TripletHistory(**state["history"])
-        best_score = max(history.valid_score, default=-math.inf)
-        start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        generator.set_state(state["generator"])
-        if progress:
-            print(f"resuming {model_name} after epoch {state['epoch']} from {last_path}")
-    if history.stopped:
-        start_epoch = recipe.epochs + 1
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if ckpt_dir and (ckpt_dir / "best.pt").exists() and start_epoch > 1:
-        best_state = torch.load(ckpt_dir / "best.pt", map_location="cpu", weights_only=True)["state_dict"]
+    loader = DataLoader(triplet_dataset(data, "train", chunk, sampling), batch_size=recipe.batch_size, shuffle=True,
+                        drop_last=True, generator=generator, num_workers=recipe.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=recipe.num_workers > 0)
+    loss_spec = {"margin": margin, "distance": distance, "sampling": sampling, "embedding": embedding,
+                 "hard_negatives": hard_negatives}
 
-    epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"training {model_name} (triplets)", unit="epoch",
-                  disable=not progress, initial=start_epoch - 1, total=recipe.epochs)
-    for epoch in epochs:
-        model.train()
-        n_batches = len(loader) if recipe.max_batches is None else min(recipe.max_batches, len(loader))
-        loss_sum, seen, t0 = 0.0, 0, time.perf_counter()
-        batches = tqdm(loader, total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                       disable=not progress)
-        for b, (a, p, n, _tag) in enumerate(batches):
-            if b >= n_batches:
-                break
-            x = torch.cat([a, p, n]).to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                za, zp, zn = _Embedder(model, embedding)(x).float().chunk(3)
-            loss = triplet_loss(za, zp, zn, margin, distance)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"the triplet loss of {model_name} became {loss.item()} in epoch {epoch}, batch {b}: "
-                    f"lower the learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the input data.")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += loss.item() * len(a)
-            seen += len(a)
-            batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        elapsed = time.perf_counter() - t0
+    def step(batch, autocast):
+        a, p, n, keys = batch
+        with autocast():
+            z = embedder(torch.cat([a, p, n]).to(device, non_blocking=True))
+        za, zp, zn = z.float().chunk(3)
+        return triplet_loss(za, zp, zn, margin, distance, hard_negatives, keys), len(a), 3 * len(a)
+
+    def validate():
         recall, _, _ = evaluate_retrieval(model, data, "valid", distance, batch_size=recipe.eval_batch_size,
                                           device=device, progress=False, max_batches=recipe.max_batches,
                                           embedding=embedding)
         score = float(np.mean(list(recall.values())))
-        history.epoch.append(epoch)
-        history.train_loss.append(loss_sum / max(seen, 1))
-        history.valid_recall.append(recall)
-        history.valid_score.append(score)
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        history.train_clips_per_s.append(3 * seen / elapsed if elapsed > 0 else float("nan"))
-        scheduler.step(score)
-        if score > best_score:
-            best_score = score
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if ckpt_dir:
-                save_checkpoint(ckpt_dir / "best.pt", model_checkpoint(
-                    model, model_name, _output_names(model, data.tags), model_options, epoch=epoch,
-                    valid_recall=recall, trained_as="embedder", loss=loss_spec, dataset_tags=data.tags,
-                    dataset=data.meta.get("name", "")))
-        epochs.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", valid_mean_recall=f"{score:.3f}")
-        if optimizer.param_groups[0]["lr"] < recipe.min_lr:
-            history.stopped = f"learning rate below {recipe.min_lr:g} after epoch {epoch}"
-        elif recipe.early_stopping and epoch - history.best_epoch >= recipe.early_stopping:
-            history.stopped = f"no better validation Recall@K for {recipe.early_stopping} epochs (epoch {epoch})"
-        if ckpt_dir:
-            save_checkpoint(last_path, {"model_name": model_name, "recipe": asdict(recipe), "loss": loss_spec,
-                                        "epoch": epoch, "state_dict": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                        "history": asdict(history), "rng": torch.get_rng_state(),
-                                        "generator": generator.get_state()})
-        if history.stopped:
-            break
-    epochs.close()
-    model.load_state_dict(best_state)
-    return history
+        return score, {"valid_recall": recall, "valid_score": score}
+
+    def best_checkpoint(epoch, fields):
+        return model_checkpoint(model, model_name, _output_names(model, data.tags), model_options, epoch=epoch,
+                                valid_recall=fields["valid_recall"], trained_as="embedder", loss=loss_spec,
+                                dataset_tags=data.tags, dataset=data.meta.get("name", ""))
+
+    return _train_epochs(model, recipe, model_name, loader, generator, step, validate, TripletHistory(),
+                         "valid_score", "max", {"model_name": model_name, "recipe": asdict(recipe), "loss": loss_spec},
+                         best_checkpoint, checkpoint_dir, resume, device, progress, "triplet loss")
