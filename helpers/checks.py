@@ -139,3 +139,93 @@ def check_recall_at_k(fn: Callable[[np.ndarray, np.ndarray, int], float]) -> boo
                                          f"\nlabels =\n{labels}")
     return _verdict(name, True, "your Recall@K agrees with the definition on every test case "
                                 "(hand-worked, ties, label-less queries, random)")
+
+
+def check_top_k_tags(fn: Callable[[np.ndarray, list[str], int], list]) -> bool:
+    """Check a student's ``fn(probs, tags, k) -> [(tag, probability), ...]``
+    (notebook 01): the ``k`` most probable tags, most probable first, as
+    pairs; on a disagreement, show the case with the expected answer."""
+    name = "top_k_tags"
+    rng = np.random.default_rng(0)
+    many = [f"tag{i:02d}" for i in range(31)]
+    cases = [("the example of the notebook", np.array([0.1, 0.7, 0.3, 0.9]), ["rock", "piano", "fast", "quiet"], 2),
+             ("k = 1", np.array([0.2, 0.05, 0.6]), ["guitar", "drums", "vocal"], 1),
+             ("k = every tag", np.array([0.4, 0.8, 0.1, 0.3]), ["a", "b", "c", "d"], 4),
+             ("31 random probabilities, k = 5", rng.random(31), many, 5)]
+    for what, probs, tags, k in cases:
+        order = np.argsort(-probs, kind="stable")[:k]
+        expected = [(tags[i], float(probs[i])) for i in order]
+        try:
+            got = list(fn(probs.copy(), list(tags), k))
+        except Exception as e:  # noqa: BLE001 - the student's code may fail in any way
+            return _error(name, f"your function on {what}", e)
+        try:
+            pairs = [(t, float(p)) for t, p in got if isinstance(t, str)]
+        except (TypeError, ValueError):
+            pairs = []
+        if len(pairs) != len(got):
+            return _verdict(name, False, f"on {what} your function returns {got!r}: return a list of (tag, "
+                                         f"probability) pairs, e.g. {expected}")
+        if len(pairs) == k and [t for t, _ in pairs] == [t for t, _ in expected] and \
+                np.allclose([p for _, p in pairs], [p for _, p in expected]):
+            continue
+        hint = ""
+        if len(pairs) != k:
+            hint = f" It returns {len(pairs)} pairs instead of k = {k}."
+        elif [t for t, _ in pairs] == [tags[i] for i in np.argsort(probs, kind="stable")[:k]]:
+            hint = " These are the *least* probable tags: sort by decreasing probability."
+        elif sorted(t for t, _ in pairs) == sorted(t for t, _ in expected):
+            hint = " The tags are right but not in order: the most probable first."
+        return _verdict(name, False, f"on {what} your function gives {pairs}, expected {expected}.{hint}\n"
+                                     f"probs = {np.array2string(probs, precision=3)}")
+    return _verdict(name, True, "your top_k_tags returns the k most probable tags, most probable first, as "
+                                "(tag, probability) pairs on every test case")
+
+
+def check_residual_block(block_class: Callable[..., nn.Module]) -> bool:
+    """Check a student's residual block (notebook 03): built as
+    ``block_class(c_in, c_out, pool)``, given the weights of the course's
+    :class:`helpers.models.ResBlock2d`, it must give the same output on random
+    input, with the same and with more output channels. Recognises a missing
+    shortcut and a ReLU applied before the addition."""
+    from .models import ResBlock2d
+
+    name = "residual_block"
+    x = torch.randn(2, 16, 12, 20, generator=torch.Generator().manual_seed(0))
+    for c_in, c_out in [(16, 16), (16, 32)]:
+        ours = ResBlock2d(c_in, c_out, pool=(2, 2)).eval()
+        generator = torch.Generator().manual_seed(c_out)
+        for bn in (m for m in ours.modules() if isinstance(m, nn.BatchNorm2d)):   # BN that is not the identity
+            for t in (bn.weight.data, bn.bias.data, bn.running_mean):
+                t.copy_(torch.randn(t.shape, generator=generator) * 0.5)
+            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) + 0.5)
+        try:
+            yours = block_class(c_in, c_out, (2, 2)).eval()
+            missing, unexpected = yours.load_state_dict(ours.state_dict(), strict=False)
+            if missing or unexpected:
+                return _verdict(name, False, f"with {c_in} -> {c_out} channels your block's layers differ from the "
+                                             f"course's: yours lacks {list(unexpected)} and has {list(missing)} in addition. Keep "
+                                             f"the layers of the skeleton (conv1, bn1, conv2, bn2, shortcut) and only "
+                                             f"write forward")
+            with torch.no_grad():
+                got = yours(x)
+        except Exception as e:  # noqa: BLE001
+            return _error(name, f"your block with {c_in} -> {c_out} channels on a {tuple(x.shape)} input", e)
+        with torch.no_grad():
+            want = ours(x)
+            main = ours.bn2(ours.conv2(ours.relu(ours.bn1(ours.conv1(x)))))
+            no_shortcut = ours.pool(ours.relu(main))
+            relu_first = ours.pool(ours.relu(main) + ours.shortcut(x))
+        if tuple(got.shape) != tuple(want.shape):
+            return _verdict(name, False, f"with {c_in} -> {c_out} channels your block outputs "
+                                         f"{tuple(got.shape)} instead of {tuple(want.shape)}")
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        hint = ""
+        if torch.allclose(got, no_shortcut, atol=1e-5):
+            hint = " It matches the block without its shortcut: add self.shortcut(x) to the second BN's output."
+        elif torch.allclose(got, relu_first, atol=1e-5):
+            hint = " It matches a block that applies the ReLU before the addition: add first, then the ReLU."
+        return _verdict(name, False, f"with {c_in} -> {c_out} channels your block's output differs from the "
+                                     f"course's by up to {(got - want).abs().max().item():.3g}.{hint}")
+    return _verdict(name, True, "your residual block gives the course's output with the same and with more channels")

@@ -90,11 +90,35 @@ def format_results(rows: list[dict], columns: tuple = ("model", "notebook", "par
     return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
 
 
+def local_kernel_manager():
+    """A ``jupyter_client`` kernel manager class (for ``NotebookClient``'s
+    ``kernel_manager_class``) whose kernels talk over local IPC sockets in a
+    private temporary folder: over TCP, recent ipykernels print on every
+    start a warning that the connection is unencrypted."""
+    import shutil
+    import tempfile
+
+    from jupyter_client.manager import KernelManager
+
+    class LocalKernelManager(KernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            self._folder = tempfile.mkdtemp(prefix="course-kernel-")
+            super().__init__(transport="ipc", ip=os.path.join(self._folder, "kernel"), **kwargs)
+
+        def cleanup_resources(self, restart: bool = False) -> None:
+            super().cleanup_resources(restart=restart)
+            if not restart:
+                shutil.rmtree(self._folder, ignore_errors=True)
+
+    return LocalKernelManager
+
+
 def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str = "synthetic",
                   timeout: int = 1800, inplace: bool = False, only: list[str] | None = None) -> int:
     """Execute every ``NN_*.ipynb`` of ``notebooks`` in order into ``out``,
-    with the given profile and dataset; print each notebook's time and the
-    results table, and write ``out/summary.md``. ``inplace`` also writes the
+    with the given profile and dataset; print each notebook's time and write
+    ``out/summary.md``, which ends with the course's final table (notebook
+    05's :func:`course_table`) of this run's results. ``inplace`` also writes the
     executed notebooks back over the originals (how the committed outputs are
     made); ``only`` restricts the run to notebooks whose name starts with one
     of the given prefixes. Returns 0, or 1 if a notebook failed (the others
@@ -120,7 +144,7 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
         start = time.perf_counter()
         print(f"running {path.name} ({profile} profile, {dataset}) ...", flush=True)
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
+            NotebookClient(nb, kernel_manager_class=local_kernel_manager(), timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(path.parent)}}).execute()
             status = "ok"
         except CellExecutionError as e:
@@ -137,7 +161,10 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
     lines = [f"# Course run: {profile} profile on the {dataset} dataset", "",
              "| notebook | time (s) | status |", "|---|---|---|"]
     lines += [f"| {n} | {t:.0f} | {s} |" for n, t, s in timings] + [f"| total | {total:.0f} | |", ""]
-    lines += ["## Results", "", "```", format_results(read_results(out / "results.jsonl")), "```", ""]
+    rows = [r for r in read_results(out / "results.jsonl")
+            if r.get("profile", profile) == profile and r.get("dataset", dataset) == dataset]
+    lines += [f"## Every model of the course ({profile} profile, {dataset} dataset): the table of notebook 05", "",
+              course_table(rows), ""]
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 1 if failed else 0
@@ -192,6 +219,7 @@ def course_table(rows: list[dict] | None = None) -> str:
     missing value shows as ``-``.
     """
     rows = read_results() if rows is None else rows
+    rows = sorted(rows, key=lambda r: str(r.get("notebook", "")))       # stable: notebook order, then as recorded
     if not rows:
         return "(no results recorded yet: run the notebooks first)"
 
@@ -213,7 +241,8 @@ def course_table(rows: list[dict] | None = None) -> str:
                  "/".join(f"{v:.3f}" for v in pub["recall"]) if "recall" in pub else "-", pub.get("source", "-")]
         lines.append("| " + " | ".join(cells) + " |")
     legend = ["", "ROC-AUC, PR-AUC: macro averages over tags on this run's test split; R@K: multi-label "
-                  "Recall@K of the test clips' embeddings (cosine). train clips/s: measured while training "
+                  "Recall@K of the test clips' embeddings (cosine): the trained embedding of an embedder, the "
+                  "penultimate layer of a tagger (measured in notebook 05 only). train clips/s: measured while training "
                   "(3 clips per triplet for embedders), on this run's hardware.",
               "MTAT columns are published figures on MagnaTagATune, NOT results of this run (other data, "
               "splits and recipes): " + "; ".join(f"{k} = {v}" for k, v in PUBLISHED_SOURCES.items()) + "."]

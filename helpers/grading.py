@@ -116,6 +116,8 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
+    from .course import local_kernel_manager
+
     row: dict = {"submission": str(path), "status": "", "seconds": 0.0}
     try:
         nb = nbformat.read(path, as_version=4)
@@ -133,7 +135,7 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run
         os.environ.update(COURSE_PROFILE="ci", COURSE_CHECKS_FILE=str(checks_file),
                           COURSE_RESULTS=str(results_file))
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
+            NotebookClient(nb, kernel_manager_class=local_kernel_manager(), timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(run_dir or COURSE_NOTEBOOKS)}}).execute()
             row["status"] = "ok"
         except CellTimeoutError:
