@@ -63,7 +63,7 @@ def _grade(args: argparse.Namespace) -> int:
 def _tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate)")
     parser.add_argument("--model", metavar="CHECKPOINT", default=None,
-                        help="checkpoint to tag with (default: checkpoints/synthetic/best.pt, saved by notebook 05)")
+                        help="checkpoint to tag with (default: checkpoints/synthetic/best.pt, saved by notebooks 03 and 05)")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="how many tags to print (default 5)")
     parser.add_argument("--taggram", metavar="PNG", default=None,
                         help="also draw the taggram (time x tags) into this picture; with several files, one "

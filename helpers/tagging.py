@@ -232,8 +232,8 @@ def tag_files_cli(args: Any) -> int:
         return 2
     ckpt = Path(args.model) if args.model else checkpoint_path("best", "synthetic")
     if not ckpt.is_file():
-        how = ("" if args.model else " Make it by running notebook 05 (`python -m helpers run --only 05`, "
-               "after `python -m helpers prepare synthetic`), or pass --model CHECKPOINT.")
+        how = ("" if args.model else " Notebooks 03 and 05 save it: run the course with `make run` (or "
+               "`python -m helpers run --only 00 01 02 03` for the quickest route to it), or pass --model CHECKPOINT.")
         error(f"no checkpoint at {ckpt}.{how}")
         return 2
     try:

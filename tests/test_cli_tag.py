@@ -91,7 +91,7 @@ def test_checkpoint_errors(files, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_CHECKPOINTS", str(tmp_path / "empty"))      # the default: no best.pt yet
     assert main(["tag", str(files / "mono.wav")]) == 2
     err = capsys.readouterr().err
-    assert "best.pt" in err and "notebook 05" in err and "--model" in err
+    assert "best.pt" in err and "Notebooks 03 and 05" in err and "--model" in err
 
 
 def test_a_real_process_prints_no_traceback(files):
