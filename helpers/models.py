@@ -767,6 +767,8 @@ def model_table(names: Sequence[str] = MODEL_NAMES, n_tags: int = 50, device: st
         _model_class(name)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     amp_dtype = _amp_dtype(device, use_amp)
+    from .train import optimizer_step         # train imports models lazily too: no import cycle
+
     autocast = ((lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None
                 else nullcontext)
     iterator: Any = names
@@ -785,18 +787,11 @@ def model_table(names: Sequence[str] = MODEL_NAMES, n_tags: int = 50, device: st
         criterion = nn.BCEWithLogitsLoss()
 
         def train_step() -> None:
-            optimizer.zero_grad(set_to_none=True)
             with autocast():
                 out = model(wav)
             out = out.float()
-            loss = criterion(out, target) if isinstance(model, Classifier) else out.square().mean()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(criterion(out, target) if isinstance(model, Classifier) else out.square().mean(),
+                           optimizer, scaler)
 
         def infer_step() -> torch.Tensor:
             with torch.no_grad(), autocast():

@@ -151,6 +151,20 @@ def _grad_scaler():
     return torch.cuda.amp.GradScaler()
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: Any = None) -> None:
+    """One update: zero the gradients, backpropagate ``loss`` and step
+    ``optimizer``; with a gradient ``scaler`` (float16 mixed precision), the
+    loss is scaled and steps with non-finite gradients are skipped."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
@@ -380,14 +394,7 @@ def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: Dat
                     f"the {loss_name} of {model_name} became {loss.item()} in epoch {epoch}, batch {b}: lower the "
                     f"learning rate (now {optimizer.param_groups[0]['lr']:g}) or check the input data."
                     + (f" Checkpoints in {ckpt_dir} hold the last good epoch." if ckpt_dir else ""))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             loss_sum += loss.item() * n_examples
             seen += n_examples
             clips += n_clips
