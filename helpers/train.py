@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -283,21 +283,48 @@ def evaluate(model: nn.Module, data: TaggedAudio, split: str = "test", chunk_sam
 # ----------------------------------------------------------------------------
 
 @dataclass
-class History:
-    """Per-epoch record of a training run (lists of equal length)."""
+class EpochRecord:
+    """What every training run records per epoch (lists of equal length);
+    subclasses add their validation fields and name the one that selects the
+    best epoch (``score_field``, lower is better when ``mode`` is ``'min'``)."""
+
+    score_field: ClassVar[str]
+    mode: ClassVar[str]
 
     epoch: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
-    valid_loss: list[float] = field(default_factory=list)
-    valid_roc_auc: list[float] = field(default_factory=list)
-    valid_pr_auc: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     train_clips_per_s: list[float] = field(default_factory=list)
     stopped: str = ""
 
     @property
+    def scores(self) -> list[float]:
+        return getattr(self, self.score_field)
+
+    @property
     def best_epoch(self) -> int:
-        return self.epoch[int(np.argmin(self.valid_loss))] if self.valid_loss else 0
+        """The first epoch with the best score (0 before the first epoch;
+        NaN scores are never best unless every score is NaN)."""
+        scores = np.asarray(self.scores, dtype=float)
+        if scores.size == 0:
+            return 0
+        if np.isnan(scores).all():
+            return self.epoch[0]
+        pick = np.nanargmin if self.mode == "min" else np.nanargmax
+        return self.epoch[int(pick(scores))]
+
+
+@dataclass
+class History(EpochRecord):
+    """Per-epoch record of a tagger's training run; the lowest validation
+    loss selects the best epoch."""
+
+    score_field: ClassVar[str] = "valid_loss"
+    mode: ClassVar[str] = "min"
+
+    valid_loss: list[float] = field(default_factory=list)
+    valid_roc_auc: list[float] = field(default_factory=list)
+    valid_pr_auc: list[float] = field(default_factory=list)
 
 
 def _valid_pass(model: nn.Module, loader: DataLoader, n_clips: int, labels: torch.Tensor, device: torch.device,
@@ -326,9 +353,9 @@ def _valid_pass(model: nn.Module, loader: DataLoader, n_clips: int, labels: torc
 
 
 def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: DataLoader,
-                  generator: torch.Generator, step: Callable, validate: Callable, history: Any, score_field: str,
-                  mode: str, run_spec: dict, best_checkpoint: Callable, checkpoint_dir: str | os.PathLike | None,
-                  resume: bool, device: torch.device, progress: bool, loss_name: str) -> Any:
+                  generator: torch.Generator, step: Callable, validate: Callable, history: EpochRecord,
+                  run_spec: dict, best_checkpoint: Callable, checkpoint_dir: str | os.PathLike | None,
+                  resume: bool, device: torch.device, progress: bool, loss_name: str) -> EpochRecord:
     """The epoch loop shared by :func:`fit` (tagging) and :func:`fit_triplet`
     (metric learning): optimiser and plateau schedule, mixed precision, the
     NaN stop, per-epoch validation, best-epoch selection, stopping rules,
@@ -336,19 +363,18 @@ def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: Dat
 
     - ``step(batch, autocast) -> (loss, n_examples, n_clips)``: the loss of
       one training batch (the model's forward pass inside ``autocast()``);
-    - ``validate() -> (score, fields)``: the selection score and the values of
-      the ``history`` fields to append for the epoch;
-    - ``score_field`` and ``mode`` (``'min'`` or ``'max'``): which history
-      field selects the best epoch, and in which direction;
+    - ``validate() -> fields``: the values of the ``history`` fields to
+      append for the epoch (the score among them);
+    - ``history``: an empty :class:`EpochRecord` of the run's kind, whose
+      ``score_field`` and ``mode`` say which score selects the best epoch;
     - ``run_spec``: what identifies the run in ``last.pt`` (a resumed run must
       match it); ``best_checkpoint(epoch, fields)``: the ``best.pt`` payload.
     """
     optimizer = make_optimizer(model, recipe)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=recipe.plateau_factor,
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=history.mode, factor=recipe.plateau_factor,
                                                            patience=recipe.plateau_patience)
     use_amp = recipe.amp and device.type == "cuda"
     scaler = _grad_scaler() if use_amp else None
-    better = (lambda new, old: new < old) if mode == "min" else (lambda new, old: new > old)
     start_epoch = 1
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
@@ -366,8 +392,6 @@ def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: Dat
         generator.set_state(state["generator"])
         if progress:
             print(f"resuming {model_name} after epoch {state['epoch']} from {last_path}")
-    scores = getattr(history, score_field)
-    best_score = (min if mode == "min" else max)(scores) if scores else None
     if history.stopped:
         start_epoch = recipe.epochs + 1
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -400,7 +424,8 @@ def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: Dat
             clips += n_clips
             batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
         elapsed = time.perf_counter() - t0
-        score, fields = validate()
+        fields = validate()
+        score = fields[history.score_field]
         history.epoch.append(epoch)
         history.train_loss.append(loss_sum / max(seen, 1))
         for name, value in fields.items():
@@ -408,16 +433,15 @@ def _train_epochs(model: nn.Module, recipe: Recipe, model_name: str, loader: Dat
         history.lr.append(optimizer.param_groups[0]["lr"])
         history.train_clips_per_s.append(clips / elapsed if elapsed > 0 else float("nan"))
         scheduler.step(score)
-        if best_score is None or better(score, best_score):
-            best_score = score
+        if history.best_epoch == epoch:
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if ckpt_dir:
                 save_checkpoint(ckpt_dir / "best.pt", best_checkpoint(epoch, fields))
-        epochs.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", **{score_field: f"{score:.4f}"})
+        epochs.set_postfix(train_loss=f"{history.train_loss[-1]:.4f}", **{history.score_field: f"{score:.4f}"})
         if optimizer.param_groups[0]["lr"] < recipe.min_lr:
             history.stopped = f"learning rate below {recipe.min_lr:g} after epoch {epoch}"
         elif recipe.early_stopping and epoch - history.best_epoch >= recipe.early_stopping:
-            history.stopped = (f"no better {score_field.replace('_', ' ')} for {recipe.early_stopping} epochs "
+            history.stopped = (f"no better {history.score_field.replace('_', ' ')} for {recipe.early_stopping} epochs "
                                f"(epoch {epoch})")
         if ckpt_dir:
             save_checkpoint(last_path, {**run_spec, "epoch": epoch, "state_dict": model.state_dict(),
@@ -470,15 +494,15 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
 
     def validate():
         loss, scores = _valid_pass(model, valid_loader, valid.n_clips, valid.labels, device, recipe.max_batches)
-        return loss, {"valid_loss": loss, "valid_roc_auc": scores.roc_auc if scores else float("nan"),
-                      "valid_pr_auc": scores.pr_auc if scores else float("nan")}
+        return {"valid_loss": loss, "valid_roc_auc": scores.roc_auc if scores else float("nan"),
+                "valid_pr_auc": scores.pr_auc if scores else float("nan")}
 
     def best_checkpoint(epoch, fields):
         return model_checkpoint(model, model_name, data.tags, model_options, epoch=epoch,
                                 valid_loss=fields["valid_loss"], dataset=data.meta.get("name", ""))
 
     return _train_epochs(model, recipe, model_name, train_loader, generator, step, validate, History(),
-                         "valid_loss", "min", {"model_name": model_name, "recipe": asdict(recipe)},
+                         {"model_name": model_name, "recipe": asdict(recipe)},
                          best_checkpoint, checkpoint_dir, resume, device, progress, "training loss")
 
 
@@ -619,24 +643,19 @@ def _output_names(model: nn.Module, tags: list[str]) -> list[str]:
 
 
 @dataclass
-class TripletHistory:
-    """Per-epoch record of a metric-learning run (lists of equal length).
+class TripletHistory(EpochRecord):
+    """Per-epoch record of a metric-learning run.
 
     ``valid_recall`` holds each epoch's ``{'R@1': ..., 'R@8': ...}`` on the
-    validation split; ``valid_score`` their mean, which selects the best epoch.
+    validation split; ``valid_score`` their mean, whose highest value selects
+    the best epoch.
     """
 
-    epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
+    score_field: ClassVar[str] = "valid_score"
+    mode: ClassVar[str] = "max"
+
     valid_recall: list[dict] = field(default_factory=list)
     valid_score: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    train_clips_per_s: list[float] = field(default_factory=list)
-    stopped: str = ""
-
-    @property
-    def best_epoch(self) -> int:
-        return self.epoch[int(np.argmax(self.valid_score))] if self.valid_score else 0
 
 
 def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, model_name: str = "model",
@@ -688,8 +707,7 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
         recall, _, _ = evaluate_retrieval(model, data, "valid", distance, batch_size=recipe.eval_batch_size,
                                           device=device, progress=False, max_batches=recipe.max_batches,
                                           embedding=embedding)
-        score = float(np.mean(list(recall.values())))
-        return score, {"valid_recall": recall, "valid_score": score}
+        return {"valid_recall": recall, "valid_score": float(np.mean(list(recall.values())))}
 
     def best_checkpoint(epoch, fields):
         return model_checkpoint(model, model_name, _output_names(model, data.tags), model_options, epoch=epoch,
@@ -697,5 +715,5 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
                                 dataset_tags=data.tags, dataset=data.meta.get("name", ""))
 
     return _train_epochs(model, recipe, model_name, loader, generator, step, validate, TripletHistory(),
-                         "valid_score", "max", {"model_name": model_name, "recipe": asdict(recipe), "loss": loss_spec},
+                         {"model_name": model_name, "recipe": asdict(recipe), "loss": loss_spec},
                          best_checkpoint, checkpoint_dir, resume, device, progress, "triplet loss")
