@@ -63,9 +63,12 @@ def record_result(model: str, notebook: str, **metrics: Any) -> dict:
     return record
 
 
-def read_results(path: str | os.PathLike | None = None) -> list[dict]:
+def read_results(path: str | os.PathLike | None = None, profile: str | None = None,
+                 dataset: str | None = None) -> list[dict]:
     """Every recorded result, the latest record per (model, notebook), in
-    the order the models were first recorded."""
+    the order the models were first recorded; with ``profile`` and/or
+    ``dataset``, only the records of that run profile and dataset (results of
+    a ``ci`` run are not comparable with those of a ``cpu`` run)."""
     path = Path(path) if path else results_path()
     if not path.exists():
         return []
@@ -74,7 +77,8 @@ def read_results(path: str | os.PathLike | None = None) -> list[dict]:
         if line.strip():
             r = json.loads(line)
             latest[(r["model"], r["notebook"])] = r
-    return list(latest.values())
+    return [r for r in latest.values()
+            if (profile is None or r.get("profile") == profile) and (dataset is None or r.get("dataset") == dataset)]
 
 
 def format_results(rows: list[dict], columns: tuple = ("model", "notebook", "params", "roc_auc", "pr_auc")) -> str:
@@ -161,8 +165,7 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
     lines = [f"# Course run: {profile} profile on the {dataset} dataset", "",
              "| notebook | time (s) | status |", "|---|---|---|"]
     lines += [f"| {n} | {t:.0f} | {s} |" for n, t, s in timings] + [f"| total | {total:.0f} | |", ""]
-    rows = [r for r in read_results(out / "results.jsonl")
-            if r.get("profile", profile) == profile and r.get("dataset", dataset) == dataset]
+    rows = read_results(out / "results.jsonl", profile, dataset)
     lines += [f"## Every model of the course ({profile} profile, {dataset} dataset): the table of notebook 05", "",
               course_table(rows), ""]
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")

@@ -62,3 +62,16 @@ def test_a_course_run_times_each_notebook_and_ends_with_the_course_table(tmp_pat
     assert "| cnn1d | 01 | tagger |" in table
     assert "crnn" not in table                                     # recorded with another profile: left out
     assert json.loads((out / "results.jsonl").read_text().splitlines()[0])["profile"] == "ci"
+
+
+def test_read_results_keeps_the_latest_record_and_filters_by_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RESULTS", str(tmp_path / "results.jsonl"))
+    record_result("cnn1d", "01", profile="ci", dataset="synthetic", roc_auc=0.51)
+    record_result("cnn1d", "01", profile="cpu", dataset="synthetic", roc_auc=0.66)    # replaces the ci record
+    record_result("cnn2d", "02", profile="ci", dataset="synthetic", roc_auc=0.53)
+    record_result("crnn", "05", profile="gpu", dataset="mtat", roc_auc=0.87)
+    assert [r["model"] for r in read_results()] == ["cnn1d", "cnn2d", "crnn"]
+    assert [(r["model"], r["roc_auc"]) for r in read_results(profile="cpu")] == [("cnn1d", 0.66)]
+    assert [r["model"] for r in read_results(profile="ci", dataset="synthetic")] == ["cnn2d"]
+    assert [r["model"] for r in read_results(dataset="mtat")] == ["crnn"]
+    assert read_results(tmp_path / "missing.jsonl") == []
