@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.datasets import RandomCropDataset, TaggedAudio, default_root  # noqa: E402
+from helpers.config import data_root  # noqa: E402
+from helpers.data import RandomCropDataset, TaggedAudio  # noqa: E402
 from helpers.metrics import recall_at_ks  # noqa: E402
-from helpers.synth import SynthConfig, prepare_synthetic  # noqa: E402
+from helpers.prepare.synth import SynthConfig, prepare_synthetic  # noqa: E402
 
 
 def bench_recall(n: int = 4332, n_tags: int = 50, repeats: int = 5) -> None:
@@ -76,7 +77,7 @@ def main() -> None:
     bench_recall()
     if not args.skip_generation:
         bench_generation()
-    root = default_root("synthetic")
+    root = data_root("synthetic")
     if not (root / "meta.json").exists():
         prepare_synthetic(root)
     bench_crops(root)

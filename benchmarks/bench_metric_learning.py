@@ -23,9 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers.datasets import TaggedAudio, default_root, triplet_dataset  # noqa: E402
+from helpers.config import data_root  # noqa: E402
+from helpers.data import TaggedAudio, triplet_dataset  # noqa: E402
 from helpers.models import build_model  # noqa: E402
-from helpers.train import Recipe, evaluate_retrieval, fit_triplet, triplet_loss  # noqa: E402
+from helpers.retrieval import evaluate_retrieval, fit_triplet, triplet_loss  # noqa: E402
+from helpers.train import Recipe  # noqa: E402
 
 
 def bench_loss(repeats: int = 50) -> None:
@@ -84,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     bench_loss()
-    data = TaggedAudio(default_root("synthetic"))
+    data = TaggedAudio(data_root("synthetic"))
     bench_sampling(data)
     bench_training(data, args.batches)
 

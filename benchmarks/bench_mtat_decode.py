@@ -27,7 +27,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import numpy as np  # noqa: E402
 
-from helpers import mtat  # noqa: E402
+from helpers.prepare import mtat  # noqa: E402
 from mtat_fixtures import md5_hex, mp3_bytes, tone, write_annotations, zip_parts  # noqa: E402
 
 CLEAN_CLIPS = sum(mtat.PUBLISHED_SIZES["clean"].values())  # 21,105

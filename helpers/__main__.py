@@ -11,16 +11,32 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")          # the command line draws into files (taggrams), never on a screen
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .audio import AudioLoadError  # noqa: E402
+from .config import checkpoint_path, choose_device, data_root  # noqa: E402
+from .course.grading import MarkerError, grade, write_student_version  # noqa: E402
+from .course.run import run_notebooks  # noqa: E402
+from .data import SPLITS, DatasetNotReadyError, TaggedAudio  # noqa: E402
+from .plots import plot_taggram  # noqa: E402
+from .prepare import mtat  # noqa: E402
+from .prepare.synth import SynthConfig, prepare_synthetic  # noqa: E402
+from .tagging import Tagger  # noqa: E402
+
+
+# --------------------------------------------------------------------------- prepare
 
 def _prepare_synthetic(args: argparse.Namespace) -> int:
-    from .datasets import TaggedAudio, default_root
-    from .synth import SynthConfig, prepare_synthetic
-
-    root = Path(args.root) if args.root else default_root("synthetic")
+    root = Path(args.root) if args.root else data_root("synthetic")
     cfg = SynthConfig(n_songs=args.songs, seed=args.seed)
     start = time.perf_counter()
     prepare_synthetic(root, cfg, workers=args.workers, overwrite=args.overwrite)
@@ -30,16 +46,75 @@ def _prepare_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .course import run_notebooks
+def _mtat_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m helpers prepare mtat``."""
+    parser.description = ("Download MagnaTagATune (about 3 GB), verify and unpack it, and decode the clips of a "
+                          "split into the course's dataset format (about 20 GB for the clean split). Every step "
+                          "resumes: run the same command again after an interruption.")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="dataset folder (default: data/mtat, or $COURSE_DATA/mtat)")
+    parser.add_argument("--split", choices=sorted(mtat.SPLIT_FOLDERS), default="clean",
+                        help="clean: Won et al. 2020, folders 0-b / c / d-f (15,244 / 1,529 / 4,332 clips); "
+                             "homework: folders 0 1 2 a b / c / d (6,206 / 1,529 / 1,339). Default: clean")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="folder that already holds mp3.zip.001-.003 (or the joined mp3.zip) and "
+                             "annotations_final.csv, e.g. on Google Drive: used in place, nothing is downloaded")
+    parser.add_argument("--download-dir", type=Path, default=None,
+                        help="where to download the files (default: data/downloads, or $COURSE_DATA/downloads); "
+                             "a folder on Google Drive keeps them across Colab runtimes")
+    parser.add_argument("--mp3-dir", type=Path, default=None,
+                        help="where to unpack the mp3 files (default: data/mtat_mp3, or $COURSE_DATA/mtat_mp3)")
+    parser.add_argument("--base-url", default=mtat.BASE_URL, help=f"where to download from (default: {mtat.BASE_URL})")
+    parser.add_argument("--md5-file", type=Path, default=mtat.MD5_FILE,
+                        help="checksums, lines `md5  filename` (default: data/mtat_md5.txt)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="decoding processes (default: the CPU count, at most 8; 0 decodes in this process)")
+    parser.add_argument("--clip-samples", type=int, default=mtat.CLIP_SAMPLES,
+                        help=f"samples kept per clip (default: {mtat.CLIP_SAMPLES:,} = 29.124 s at 16 kHz)")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="failed download attempts in a row without progress before giving up (default: 5)")
+    parser.add_argument("--backoff", type=float, default=1.0,
+                        help="seconds before the first retry, doubled each time (default: 1)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds without data before a connection counts as dropped (default: 60)")
+    parser.add_argument("--overwrite", action="store_true", help="prepare again over a finished dataset")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
+
+def _prepare_mtat(args: argparse.Namespace) -> int:
+    """``prepare mtat``: returns the exit status (0: done)."""
+    try:
+        meta = mtat.prepare_mtat(args.root, split=args.split, download_dir=args.download_dir, source=args.source,
+                                 mp3_dir=args.mp3_dir, base_url=args.base_url,
+                                 checksums=mtat.read_md5_file(args.md5_file), workers=args.workers,
+                                 clip_samples=args.clip_samples, overwrite=args.overwrite,
+                                 progress=not args.no_progress, retries=args.retries, backoff=args.backoff,
+                                 timeout=args.timeout)
+    except (mtat.MTATError, DatasetNotReadyError, FileExistsError) as e:
+        print(f"prepare mtat: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("prepare mtat: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    root = Path(args.root) if args.root is not None else data_root("mtat")
+    sizes = meta["split_sizes"]
+    print(f"MTAT is ready in {root}")
+    print("Split sizes: " + ", ".join(f"{s} {sizes[s]:,}" for s in SPLITS)
+          + f" ({len(meta.get('excluded', {}))} clips skipped, listed in {root / mtat.SKIPPED_REPORT})")
+    print(mtat.summary_line(root))
+    mp3_dir = Path(args.mp3_dir) if args.mp3_dir is not None else data_root("mtat_mp3")
+    print(f"The unpacked mp3 files in {mp3_dir} are no longer needed: delete that folder to free about 3 GB.")
+    return 0
+
+
+# --------------------------------------------------------------------------- run, student, grade
+
+def _run(args: argparse.Namespace) -> int:
     return run_notebooks(Path(args.notebooks), Path(args.out), args.profile, args.dataset, args.timeout,
                          args.inplace, args.only)
 
 
 def _student(args: argparse.Namespace) -> int:
-    from .grading import MarkerError, write_student_version
-
     try:
         written = write_student_version(Path(args.notebooks), Path(args.out_dir))
     except MarkerError as e:
@@ -50,8 +125,6 @@ def _student(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from .grading import grade
-
     rows = grade([Path(p) for p in args.submissions], Path(args.out), args.timeout, Path(args.solutions))
     for r in rows:
         checks = ", ".join(f"{k[6:]} {v}" for k, v in r.items() if k.startswith("check_"))
@@ -59,6 +132,8 @@ def _grade(args: argparse.Namespace) -> int:
     print(f"wrote {len(rows)} rows to {args.out}")
     return 0
 
+
+# --------------------------------------------------------------------------- tag
 
 def _tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate)")
@@ -74,11 +149,65 @@ def _tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def _taggram_path(base: Path, audio: Path, several: bool) -> Path:
+    return base.with_name(f"{base.stem}_{audio.stem}{base.suffix or '.png'}") if several else base
+
+
 def _tag(args: argparse.Namespace) -> int:
-    from .tagging import tag_files_cli
+    """``tag``: 0 when every file was tagged, 1 when some
+    file could not be read, 2 when the checkpoint is missing or unreadable.
+    Errors go to stderr as one line naming the file, without a traceback."""
+    def error(msg: str) -> None:
+        print(f"error: {msg}", file=sys.stderr)
 
-    return tag_files_cli(args)
+    if args.top < 1:
+        error(f"--top must be at least 1, got {args.top}")
+        return 2
+    if args.hop <= 0:
+        error(f"--hop must be a positive number of seconds, got {args.hop}")
+        return 2
+    ckpt = Path(args.model) if args.model else checkpoint_path("best", "synthetic")
+    if not ckpt.is_file():
+        how = ("" if args.model else " Notebooks 03 and 05 save it: run the course with `make run` (or "
+               "`python -m helpers run --only 00 01 02 03` for the quickest route to it), or pass --model CHECKPOINT.")
+        error(f"no checkpoint at {ckpt}.{how}")
+        return 2
+    try:
+        tagger = Tagger(ckpt, device=choose_device(args.device), hop_seconds=args.hop)
+    except (ValueError, KeyError, RuntimeError) as e:
+        error(f"cannot use the checkpoint {ckpt}: {e}")
+        return 2
+    results, failed = [], 0
+    several = len(args.files) > 1
+    for name in args.files:
+        path = Path(name)
+        try:
+            result = tagger.tag_file(path)
+        except FileNotFoundError:
+            error(f"{path}: no such file")
+            failed += 1
+            continue
+        except (AudioLoadError, ValueError) as e:
+            error(f"{path}: cannot read this audio file ({e})")
+            failed += 1
+            continue
+        entry = result.to_dict(args.top)
+        if args.taggram:
+            png = _taggram_path(Path(args.taggram), path, several)
+            png.parent.mkdir(parents=True, exist_ok=True)
+            fig = plot_taggram(result)
+            fig.savefig(png, dpi=120, bbox_inches="tight")
+            plt.close(fig)
+            entry["taggram"] = str(png)
+        results.append(entry)
+        if not args.json:
+            print(result.describe(args.top) + (f"\n  taggram: {entry['taggram']}" if args.taggram else ""))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    return 1 if failed else 0
 
+
+# --------------------------------------------------------------------------- the parser
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__,
@@ -93,14 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     syn.add_argument("--workers", type=int, default=None, help="worker processes (default: up to 2)")
     syn.add_argument("--overwrite", action="store_true", help="generate again even if the folder is complete")
     syn.set_defaults(func=_prepare_synthetic)
-    mtat = which.add_parser("mtat", help="download, verify and prepare MagnaTagATune")
-    try:
-        from . import mtat as mtat_module
-    except ImportError as e:  # pragma: no cover - only while the module is missing
-        mtat.set_defaults(func=lambda a: print(f"MagnaTagATune support is not available: {e}") or 1)
-    else:
-        mtat_module.add_arguments(mtat)
-        mtat.set_defaults(func=mtat_module.cli)
+    mtat_parser = which.add_parser("mtat", help="download, verify and prepare MagnaTagATune")
+    _mtat_arguments(mtat_parser)
+    mtat_parser.set_defaults(func=_prepare_mtat)
     run = sub.add_parser("run", help="execute every notebook and write a results summary")
     run.add_argument("--profile", default="cpu", choices=("ci", "cpu", "gpu"))
     run.add_argument("--dataset", default="synthetic", choices=("synthetic", "mtat"))
@@ -115,13 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     student.add_argument("out_dir", help="folder for the student notebooks")
     student.add_argument("--notebooks", default="notebooks", help="folder of the solution notebooks")
     student.set_defaults(func=_student)
-    grade = sub.add_parser("grade", help="execute submitted notebooks (ci profile) and grade their exercises")
-    grade.add_argument("submissions", nargs="+", help="submitted notebooks, or folders of them")
-    grade.add_argument("--out", default="grades.csv", help="CSV file, one row per submission (default grades.csv)")
-    grade.add_argument("--timeout", type=int, default=600, help="time limit per cell in seconds (default 600)")
-    grade.add_argument("--solutions", default="notebooks",
-                       help="solution notebooks, to know which checks each notebook must pass")
-    grade.set_defaults(func=_grade)
+    grade_parser = sub.add_parser("grade", help="execute submitted notebooks (ci profile) and grade their exercises")
+    grade_parser.add_argument("submissions", nargs="+", help="submitted notebooks, or folders of them")
+    grade_parser.add_argument("--out", default="grades.csv", help="CSV file, one row per submission (default grades.csv)")
+    grade_parser.add_argument("--timeout", type=int, default=600, help="time limit per cell in seconds (default 600)")
+    grade_parser.add_argument("--solutions", default="notebooks",
+                              help="solution notebooks, to know which checks each notebook must pass")
+    grade_parser.set_defaults(func=_grade)
     tag = sub.add_parser("tag", help="tag audio files with a trained checkpoint (top tags, taggram)")
     _tag_arguments(tag)
     tag.set_defaults(func=_tag)

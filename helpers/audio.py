@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,10 @@ import torch
 from scipy.signal import resample_poly
 from torch import nn
 
-SAMPLE_RATE = 16000
+from .config import SAMPLE_RATE
+
+__all__ = ["SAMPLE_RATE", "AudioLoadError", "load_audio", "hz_to_mel", "mel_to_hz", "mel_filterbank",
+           "LogMelSpectrogram"]
 
 
 class AudioLoadError(RuntimeError):
@@ -30,8 +34,6 @@ class AudioLoadError(RuntimeError):
 def _wav_bytes_missing(path: Path) -> int:
     """For a RIFF/WAVE file, how many bytes of its ``data`` chunk are missing
     from the file (libsndfile silently shortens a truncated WAV); 0 otherwise."""
-    import struct
-
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":

@@ -3,9 +3,15 @@ figure (or the given axes), labels its axes with units, and returns the
 figure so a notebook can save it."""
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.patches import Patch
+
+from .audio import LogMelSpectrogram
+from .config import SAMPLE_RATE
+
 # --- figures of notebooks 00-03 ----------------------------------------------
-# (matplotlib and numpy are imported inside each function, as in the section
-# below, so that each section stands on its own)
 
 
 def _series(history, key: str) -> list:
@@ -18,9 +24,6 @@ def plot_tag_frequencies(labels, tags, title: str = "How many clips carry each t
     """Bar chart of the clips per tag, most frequent first: ``labels`` is a
     ``(n_clips, n_tags)`` 0/1 matrix with columns named by ``tags``. The right
     axis gives the same count as a share of all clips (%)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     y = np.asarray(labels) > 0
     counts = y.sum(0)
     order = np.argsort(-counts, kind="stable")
@@ -43,9 +46,6 @@ def plot_cooccurrence(labels, tags, title: str = "Which tags come together"):
     """Heatmap of ``P(column tag | row tag)``: the share of the clips carrying
     the row's tag that also carry the column's tag (1 on the diagonal). Tags
     are ordered by frequency, most frequent first."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     y = (np.asarray(labels) > 0).astype(np.float64)
     counts = y.T @ y
     order = np.argsort(-np.diag(counts), kind="stable")
@@ -65,16 +65,10 @@ def plot_cooccurrence(labels, tags, title: str = "Which tags come together"):
     return fig
 
 
-def plot_clip(waveform, sample_rate: int = 16000, title: str = "A clip", n_mels: int = 96):
+def plot_clip(waveform, sample_rate: int = SAMPLE_RATE, title: str = "A clip", n_mels: int = 96):
     """A clip as its waveform (top) and its log-mel spectrogram in dB (bottom,
     the course's front end: n_fft 512, hop 256, up to 8 kHz), on the same time
     axis in seconds. ``waveform``: float ``(samples,)`` in [-1, 1]."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-
-    from .audio import LogMelSpectrogram
-
     wave = np.asarray(waveform, dtype=np.float32)
     front = LogMelSpectrogram(sample_rate=sample_rate, n_mels=n_mels)
     with torch.no_grad():
@@ -103,14 +97,11 @@ def plot_clip(waveform, sample_rate: int = 16000, title: str = "A clip", n_mels:
     return fig
 
 
-def plot_mel_filterbank(filterbank, sample_rate: int = 16000, title: str = "The mel filterbank"):
+def plot_mel_filterbank(filterbank, sample_rate: int = SAMPLE_RATE, title: str = "The mel filterbank"):
     """The triangular mel filters, ``filterbank`` ``(n_freqs, n_mels)`` as
     :func:`helpers.audio.mel_filterbank` returns them, against frequency in Hz
     (left: every filter, every 8th drawn darker; right: each filter's centre
     frequency, which grows linearly at first and then exponentially)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     fb = np.asarray(filterbank)
     n_freqs, n_mels = fb.shape
     freqs = np.linspace(0, sample_rate // 2, n_freqs)
@@ -137,8 +128,6 @@ def plot_learning_curves(histories: dict, title: str = "Learning curves"):
     label to a :class:`helpers.train.History` (or its dict form). Left: the
     training loss (dashed) and validation loss (solid); middle and right: the
     validation macro ROC-AUC and PR-AUC."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for i, (label, h) in enumerate(histories.items()):
         colour = f"C{i}"
@@ -172,9 +161,6 @@ def plot_per_tag_scores(per_tag: dict, order=None, chance=0.5, metric: str = "RO
     depends only on their number. ``chance``: what random
     guessing scores, one number (a dashed line, 0.5 for ROC-AUC) or ``{tag:
     value}`` (a black mark per tag, the tag's frequency for PR-AUC)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     labels = list(per_tag)
     first = per_tag[labels[0]]
     tags = list(order) if order is not None else sorted(first, key=lambda t: -first[t])
@@ -207,9 +193,6 @@ def plot_top_k(probs, tags, true_tags, k: int = 5, title: str = "Top predicted t
     (``probs``: ``(n_tags,)`` probabilities), green for a tag the clip really
     carries, grey otherwise; the true tags outside the top k are named below
     the axis."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     probs = np.asarray(probs, dtype=float)
     top = list(np.argsort(-probs, kind="stable")[:k])
     truth = set(true_tags)
@@ -225,7 +208,6 @@ def plot_top_k(probs, tags, true_tags, k: int = 5, title: str = "Top predicted t
     ax.set_xlabel("predicted probability" + (f"\ntrue tags not in the top {k}: {', '.join(missed)}" if missed else ""))
     ax.set_ylabel("tag")
     ax.set_title(title)
-    from matplotlib.patches import Patch
     ax.legend(handles=[Patch(color="tab:green", label="a true tag"), Patch(color="tab:gray", label="not a true tag")],
               fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
@@ -234,12 +216,9 @@ def plot_top_k(probs, tags, true_tags, k: int = 5, title: str = "Top predicted t
 
 
 # --- figures of notebooks 04-06 ----------------------------------------------
-# (matplotlib and numpy are imported inside each function of this section, so
-# that the section stands on its own next to the one above)
 
 
 def _new_axes(ax=None, figsize=(7, 4)):
-    import matplotlib.pyplot as plt
 
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize)
@@ -270,8 +249,6 @@ def plot_recall_at_k(results: dict, title: str = "Multi-label Recall@K on the te
 def plot_triplet_histories(histories: dict, title: str = "Metric learning: training curves"):
     """Training triplet loss and validation mean Recall@K (mean of R@1/2/4/8)
     per epoch for several runs (``label -> helpers.train.TripletHistory``)."""
-    import matplotlib.pyplot as plt
-
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, h in histories.items():
         ax1.plot(h.epoch, h.train_loss, marker="o", label=label)
@@ -295,9 +272,6 @@ def plot_embedding_map(points, labels, tags, show: tuple = ("classical", "techno
     """Scatter of 2D points ``(N, 2)`` (e.g. PCA of the embeddings), one panel
     per tag in ``show``: clips with the tag in colour, the others in grey.
     ``labels`` is ``(N, n_tags)`` 0/1 with columns named by ``tags``."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     show = [t for t in show if t in tags]
     fig, axes = plt.subplots(1, len(show), figsize=(4.6 * len(show), 4.2), squeeze=False)
     for ax, tag in zip(axes[0], show):
@@ -339,8 +313,6 @@ def plot_taggram(result, max_tags: int | None = 20, title: str | None = None, ax
     over time (one column per analysis window, at its start time), for the
     ``max_tags`` tags most probable over the whole file (all tags if None),
     most probable at the top."""
-    import numpy as np
-
     order = np.argsort(-result.probs, kind="stable")[:max_tags]
     fig, ax = _new_axes(ax, figsize=(8, 0.22 * len(order) + 1.6))
     step = float(np.median(np.diff(result.starts))) if len(result.starts) > 1 else result.window

@@ -16,13 +16,12 @@ musicnn), and the file's tag probabilities are the mean of the rows.
 model's ``embed``, averaged over windows and L2-normalised) are closest to a
 file's by cosine similarity.
 
-The command line ``python -m helpers tag FILE...`` uses :func:`tag_files_cli`.
+The command line ``python -m helpers tag FILE...`` (in ``helpers/__main__.py``)
+uses :class:`Tagger`.
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,11 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import SAMPLE_RATE, AudioLoadError, load_audio
-from .datasets import ChunkDataset, TaggedAudio
-from .train import choose_device, load_checkpoint, predict
+from .audio import load_audio
+from .config import SAMPLE_RATE
+from .data import ChunkDataset, TaggedAudio
+from .train import embed_clips, load_checkpoint
 
-__all__ = ["TagResult", "Tagger", "ClipIndex", "window_starts", "tag_files_cli"]
+__all__ = ["TagResult", "Tagger", "ClipIndex", "window_starts"]
 
 
 def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
@@ -175,7 +175,7 @@ class ClipIndex:
 
     Each clip's embedding is the tagger model's ``embed`` averaged over the
     clip's non-overlapping chunks and L2-normalised (as in
-    :func:`helpers.train.predict`); :meth:`nearest` ranks them by cosine
+    :func:`helpers.train.embed_clips`); :meth:`nearest` ranks them by cosine
     similarity to a query embedding.
     """
 
@@ -183,12 +183,9 @@ class ClipIndex:
                  max_batches: int | None = None) -> None:
         chunks = ChunkDataset(data, split, tagger.window)
         self.data, self.split = data, split
-        self.embeddings = predict(tagger.model, chunks, batch_size=32, device=tagger.device, output="embedding",
-                                  progress=progress, max_batches=max_batches)
-        self.rows = np.asarray(chunks.clip_indices)
-        if max_batches is not None:
-            seen = sorted({chunks.items[j][0] for j in range(min(len(chunks), max_batches * 32))})
-            self.embeddings, self.rows = self.embeddings[seen], self.rows[seen]
+        out = embed_clips(tagger.model, chunks, "penultimate", normalize=True, batch_size=32, device=tagger.device,
+                          progress=progress, max_batches=max_batches)
+        self.embeddings, self.rows = out.values[out.seen], np.asarray(chunks.clip_indices)[out.seen]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,74 +200,3 @@ class ClipIndex:
         order = [int(i) for i in np.argsort(-sim, kind="stable") if int(self.rows[i]) not in set(exclude)][:k]
         return [{"row": int(self.rows[i]), "clip_id": self.data.clips[int(self.rows[i])]["clip_id"],
                  "similarity": float(sim[i]), "tags": self.data.tags_of(int(self.rows[i]))} for i in order]
-
-
-# ----------------------------------------------------------------------------
-# Command line: python -m helpers tag FILE... [--model CKPT] [--top K] [--taggram PNG] [--json]
-# (its options are declared in helpers/__main__.py, so that other commands do
-# not import torch)
-# ----------------------------------------------------------------------------
-
-def _taggram_path(base: Path, audio: Path, several: bool) -> Path:
-    return base.with_name(f"{base.stem}_{audio.stem}{base.suffix or '.png'}") if several else base
-
-
-def tag_files_cli(args: Any) -> int:
-    """Run ``python -m helpers tag``: 0 when every file was tagged, 1 when some
-    file could not be read, 2 when the checkpoint is missing or unreadable.
-    Errors go to stderr as one line naming the file, without a traceback."""
-    from .course import checkpoint_path
-
-    def error(msg: str) -> None:
-        print(f"error: {msg}", file=sys.stderr)
-
-    if args.top < 1:
-        error(f"--top must be at least 1, got {args.top}")
-        return 2
-    if args.hop <= 0:
-        error(f"--hop must be a positive number of seconds, got {args.hop}")
-        return 2
-    ckpt = Path(args.model) if args.model else checkpoint_path("best", "synthetic")
-    if not ckpt.is_file():
-        how = ("" if args.model else " Notebooks 03 and 05 save it: run the course with `make run` (or "
-               "`python -m helpers run --only 00 01 02 03` for the quickest route to it), or pass --model CHECKPOINT.")
-        error(f"no checkpoint at {ckpt}.{how}")
-        return 2
-    try:
-        tagger = Tagger(ckpt, device=choose_device(args.device), hop_seconds=args.hop)
-    except (ValueError, KeyError, RuntimeError) as e:
-        error(f"cannot use the checkpoint {ckpt}: {e}")
-        return 2
-    results, failed = [], 0
-    several = len(args.files) > 1
-    for name in args.files:
-        path = Path(name)
-        try:
-            result = tagger.tag_file(path)
-        except FileNotFoundError:
-            error(f"{path}: no such file")
-            failed += 1
-            continue
-        except (AudioLoadError, ValueError) as e:
-            error(f"{path}: cannot read this audio file ({e})")
-            failed += 1
-            continue
-        entry = result.to_dict(args.top)
-        if args.taggram:
-            import matplotlib
-            matplotlib.use("Agg", force=True)
-            import matplotlib.pyplot as plt
-
-            from .plots import plot_taggram
-            png = _taggram_path(Path(args.taggram), path, several)
-            png.parent.mkdir(parents=True, exist_ok=True)
-            fig = plot_taggram(result)
-            fig.savefig(png, dpi=120, bbox_inches="tight")
-            plt.close(fig)
-            entry["taggram"] = str(png)
-        results.append(entry)
-        if not args.json:
-            print(result.describe(args.top) + (f"\n  taggram: {entry['taggram']}" if args.taggram else ""))
-    if args.json:
-        print(json.dumps(results, indent=1))
-    return 1 if failed else 0

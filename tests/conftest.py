@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from helpers.synth import SynthConfig, prepare_synthetic
+from helpers.prepare.synth import SynthConfig, prepare_synthetic
 
 TINY = SynthConfig(n_songs=16, clips_per_song=2, clip_seconds=3.5, seed=1)
 

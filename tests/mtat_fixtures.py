@@ -31,7 +31,7 @@ from typing import Mapping
 import numpy as np
 import soundfile as sf
 
-from helpers.mtat import ANNOTATIONS, FOLDERS, JOINED_ZIP, PARTS, SPLIT_FOLDERS, TOP50_TAGS
+from helpers.prepare.mtat import ANNOTATIONS, FOLDERS, JOINED_ZIP, PARTS, SPLIT_FOLDERS, TOP50_TAGS
 
 ANNOTATION_COLUMNS: list[str] = (
     "clip_id|no voice|singer|duet|plucking|hard rock|world|bongos|harpsichord|female singing|clasical|"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from helpers.checks import check_residual_block, check_top_k_tags
+from helpers.course.checks import check_residual_block, check_top_k_tags
 
 
 def verdict(check, *args) -> tuple[bool, str]:

@@ -5,7 +5,8 @@ import json
 
 import nbformat
 
-from helpers.course import course_table, read_results, record_result, run_notebooks
+from helpers.course.results import course_table, read_results, record_result
+from helpers.course.run import run_notebooks
 
 
 def test_course_table_shows_our_numbers_in_notebook_order_beside_labelled_mtat_figures(tmp_path, monkeypatch):

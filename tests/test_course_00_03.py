@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from helpers.course import open_dataset
-from helpers.datasets import DatasetNotReadyError, TaggedAudio
-from helpers.train import choose_progress
+from helpers.config import choose_progress
+from helpers.data import DatasetNotReadyError, TaggedAudio
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.datasets import (ChunkDataset, ClipInfo, DatasetNotReadyError, DatasetWriter, RandomCropDataset,
-                              TaggedAudio, TripletDataset, chunk_starts)
+from helpers.data import ChunkDataset, DatasetNotReadyError, RandomCropDataset, TaggedAudio, TripletDataset, chunk_starts
+from helpers.prepare.writer import ClipInfo, DatasetWriter
 
 TAGS = ["a", "b", "c"]
 

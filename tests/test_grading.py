@@ -14,8 +14,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 from torch import nn
 
-from helpers.checks import check_cnn2d, check_recall_at_k
-from helpers.grading import BEGIN, END, MarkerError, grade, student_notebook, write_student_version
+from helpers.course.checks import check_cnn2d, check_recall_at_k
+from helpers.course.grading import BEGIN, END, MarkerError, grade, student_notebook, write_student_version
 from helpers.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ RECALL_SELF = """def my_recall(sim, labels, k):
     scores = [(labels[order[q]].any(0) & labels[q].astype(bool)).sum() / labels[q].sum()
               for q in range(len(sim)) if labels[q].sum()]
     return float(np.mean(scores))"""
-CHECK = "from helpers.checks import check_recall_at_k\ncheck_recall_at_k(my_recall)"
+CHECK = "from helpers.course.checks import check_recall_at_k\ncheck_recall_at_k(my_recall)"
 RECORD = "from helpers.course import record_result\nrecord_result('toy', '99', roc_auc=0.75)"
 
 

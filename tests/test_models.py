@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from helpers.audio import LogMelSpectrogram
-from helpers.models import (MODEL_NAMES, Conv2dBlock, ResBlock2d, build_model, count_parameters, format_table,
-                            layer_shapes, model_options, model_table)
+from helpers.models import MODEL_NAMES, Conv2dBlock, ResBlock2d, build_model, count_parameters, layer_shapes, model_options
 
 pytestmark = pytest.mark.filterwarnings("error")   # a warning would break nbval's stderr comparison
 
@@ -317,35 +316,3 @@ def test_bad_inputs_name_the_expected_length():
             projection(waveform(2, n))
     with pytest.raises(ValueError, match="torch.Tensor"):
         make("cnn1d")([0.0] * 48000)
-
-
-# ----------------------------------------------------------------------------- speed table
-
-def test_model_table_has_one_row_per_model():
-    rows = model_table(batch_size=2, steps=1, warmup=0, device="cpu")
-    assert [r["name"] for r in rows] == list(MODEL_NAMES)
-    for r in rows:
-        model = build_model(r["name"]) if r["name"] != "linear_projection" else None
-        if model is not None:
-            assert r["params"] == count_parameters(model)
-            assert r["output_shape"] == (2, 50)
-        else:
-            assert r["params"] == 73_928_706 and r["output_shape"] == (2, 4096)
-        assert r["train_clips_per_s"] > 0 and r["infer_clips_per_s"] > 0
-        assert r["input_seconds"] == pytest.approx(r["input_samples"] / 16000)
-        assert r["device"] == "cpu" and r["amp"] is None
-    text = format_table(rows)
-    assert all(name in text for name in MODEL_NAMES) and "train clips/s" in text
-
-
-def test_model_table_amp_on_cpu():
-    rows = model_table(["cnn1d", "crnn"], n_tags=5, batch_size=2, steps=1, warmup=0, device="cpu", use_amp=True)
-    assert [r["amp"] for r in rows] == ["bfloat16", "bfloat16"]
-    assert all(r["output_shape"] == (2, 5) and r["train_clips_per_s"] > 0 for r in rows)
-
-
-def test_model_table_rejects_bad_settings():
-    with pytest.raises(ValueError, match="batch_size"):
-        model_table(["cnn1d"], batch_size=1)
-    with pytest.raises(ValueError, match="valid names"):
-        model_table(["nope"])

@@ -2,7 +2,6 @@
 served from a local HTTP server (see mtat_fixtures.py)."""
 from __future__ import annotations
 
-import argparse
 import csv
 import shutil
 import warnings
@@ -10,9 +9,11 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import mtat
+from helpers.__main__ import main
 from helpers.audio import load_audio
-from helpers.datasets import TaggedAudio, float_to_int16
+from helpers.data import TaggedAudio
+from helpers.prepare import mtat
+from helpers.prepare.writer import float_to_int16
 from mtat_fixtures import (ANNOTATION_COLUMNS, BROKEN, CORRUPT, EMPTY, MISSING, TRUNCATED, FileServer, build_fixture,
                            closed_port_url, md5_hex, zip_parts)
 
@@ -303,18 +304,16 @@ def test_not_enough_disk_stops_before_the_archive_is_downloaded(fx, tmp_path):
 
 
 def test_cli_end_to_end_against_the_local_server(fx, tmp_path, capfd):
-    parser = argparse.ArgumentParser()
-    mtat.add_arguments(parser)
     root = tmp_path / "data" / "mtat"
-    argv = ["--root", str(root), "--download-dir", str(tmp_path / "dl"), "--mp3-dir", str(tmp_path / "mp3"),
+    argv = ["prepare", "mtat", "--root", str(root), "--download-dir", str(tmp_path / "dl"), "--mp3-dir", str(tmp_path / "mp3"),
             "--md5-file", str(fx.md5_file), "--clip-samples", str(fx.clip_samples), "--workers", "2",
             "--no-progress", "--backoff", "0.001"]
     with FileServer(fx.files, cut_after=20_000) as server:
-        args = parser.parse_args(argv + ["--base-url", server.url])
+        args = argv + ["--base-url", server.url]
         with pytest.warns(mtat.MTATCountWarning, match="published 15,244"):
-            assert mtat.cli(args) == 0
+            assert main(args) == 0
         first = list(server.requests)
-        assert mtat.cli(args) == 0                            # finished: nothing is fetched again
+        assert main(args) == 0                                # finished: nothing is fetched again
     assert sorted(set(n for n, _, _ in first)) == sorted(fx.files) and server.requests == first
     assert first[0] == (mtat.ANNOTATIONS, None, 200) and (mtat.ANNOTATIONS, "bytes=20000-", 206) in first
     for name in fx.files:
@@ -325,11 +324,11 @@ def test_cli_end_to_end_against_the_local_server(fx, tmp_path, capfd):
     assert mtat.summary_line(root) in out and "already prepared" in out
     assert TaggedAudio(root).meta["split_sizes"] == CLEAN
 
-    bad = parser.parse_args(argv + ["--root", str(tmp_path / "other"), "--source", str(tmp_path / "nowhere")])
-    assert mtat.cli(bad) == 1
+    bad = argv + ["--root", str(tmp_path / "other"), "--source", str(tmp_path / "nowhere")]
+    assert main(bad) == 1
     out, err = capfd.readouterr()
     assert "annotations_final.csv is not in the source folder" in err
-    other_split = parser.parse_args(argv + ["--split", "homework"])    # the root holds the clean split
-    assert mtat.cli(other_split) == 1
+    other_split = argv + ["--split", "homework"]                     # the root holds the clean split
+    assert main(other_split) == 1
     out, err = capfd.readouterr()
     assert "clean split" in err and "--root" in err and "--overwrite" in err

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import synth
-from helpers.datasets import DatasetNotReadyError, TaggedAudio, default_root
-from helpers.synth import SynthConfig, plan_dataset, prepare_synthetic
+from helpers.prepare import synth
+from helpers.config import data_root
+from helpers.data import DatasetNotReadyError, TaggedAudio
+from helpers.prepare.synth import SynthConfig, plan_dataset, prepare_synthetic
 
 SMALL = SynthConfig(n_songs=10, clips_per_song=2, clip_seconds=2.0, seed=7)
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +95,7 @@ def test_interrupted_preparation_resumes_to_identical_bytes(tmp_path, monkeypatc
 
 def test_killed_preparation_never_looks_complete_and_finishes_on_rerun(tmp_path):
     cfg = "SynthConfig(n_songs=12, clips_per_song=4, clip_seconds=3.0, seed=3)"
-    code = (f"from helpers.synth import *; prepare_synthetic({str(tmp_path / 'ds')!r}, {cfg}, workers=1, "
+    code = (f"from helpers.prepare.synth import *; prepare_synthetic({str(tmp_path / 'ds')!r}, {cfg}, workers=1, "
             f"progress=False)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for delay in (1.0, 1.6):                       # kill twice, at different moments
@@ -121,7 +122,7 @@ def test_default_dataset_is_learnable_but_not_trivial():
     from helpers.audio import LogMelSpectrogram
     from helpers.metrics import tagging_scores
 
-    root = default_root("synthetic")
+    root = data_root("synthetic")
     if not (root / "meta.json").exists():
         pytest.fail(f"the default synthetic dataset is missing at {root}: run `make data` first")
     d = TaggedAudio(root)

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers.datasets import TaggedAudio
+from helpers.data import TaggedAudio
 from helpers.models import build_model
 from helpers.tagging import ClipIndex, Tagger, window_starts
 from helpers.train import model_checkpoint, save_checkpoint

@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.datasets import ChunkDataset, TaggedAudio
+from helpers.data import ChunkDataset, TaggedAudio
 from helpers.models import build_model
-from helpers.train import (HOMEWORK_RECIPE, PROFILES, Recipe, TrainingDivergedError, choose_profile, evaluate, fit,
-                           load_checkpoint, predict)
+from helpers.config import PROFILES, choose_profile
+from helpers.train import (HOMEWORK_RECIPE, Recipe, TrainingDivergedError, embed_clips, evaluate, fit, load_checkpoint,
+                           predict)
 
 QUICK = Recipe(optimizer="adam", lr=1e-3, epochs=2, batch_size=4, eval_batch_size=8)
 
@@ -114,14 +115,16 @@ def test_predict_averages_every_chunk_of_a_clip(tiny_root):
     torch.manual_seed(0)
     model = build_model("cnn1d", n_tags=len(data.tags)).eval()
     chunks = ChunkDataset(data, "test", 16000)
-    probs = predict(model, chunks, batch_size=5, device="cpu", progress=False)
+    out = predict(model, chunks, batch_size=5, device="cpu", progress=False)
+    probs = out.values
+    assert out.seen.all()
     row = int(chunks.clip_indices[2])
     wave = torch.from_numpy(data.waveform(row))
     with torch.no_grad():
         one_by_one = torch.sigmoid(model(torch.stack([wave[s:s + 16000] for s in (0, 16000, 32000)]))).mean(0)
     assert probs.shape == (chunks.n_clips, len(data.tags))
     assert np.allclose(probs[2], one_by_one.numpy(), atol=1e-6)
-    emb = predict(model, chunks, batch_size=5, device="cpu", output="embedding", progress=False)
+    emb = embed_clips(model, chunks, "penultimate", normalize=True, batch_size=5, device="cpu", progress=False).values
     assert emb.shape == (chunks.n_clips, model.embedding_dim)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     scores, p, y = evaluate(model, data, "test", chunk_samples=16000, device="cpu", progress=False)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.datasets import (ChunkDataset, TagFrequencyTripletDataset, TaggedAudio, TripletDataset, song_of,
-                              triplet_dataset)
+from helpers.data import (ChunkDataset, TagFrequencyTripletDataset, TaggedAudio, TripletDataset, song_of,
+                          triplet_dataset)
 from helpers.metrics import recall_at_ks
 from helpers.models import build_model, count_parameters, layer_shapes, scaled_channels
-from helpers.train import (Recipe, evaluate_retrieval, fit_triplet, load_checkpoint, predict, similarity_matrix,
-                           triplet_loss)
+from helpers.retrieval import evaluate_retrieval, fit_triplet, similarity_matrix, triplet_loss
+from helpers.train import Recipe, embed_clips, load_checkpoint
 
 QUICK = Recipe(optimizer="adam", lr=1e-3, epochs=2, batch_size=4, eval_batch_size=8)
 
@@ -143,14 +143,27 @@ def test_evaluate_retrieval_matches_the_metric(tiny_root):
     torch.manual_seed(0)
     model = build_model("cnn1d", n_tags=len(data.tags)).eval()
     chunks = ChunkDataset(data, "train", 16000)
-    # penultimate: the tagger's embedding, as predict(output="embedding") gives it
+
+    def by_hand(layer):
+        """Each clip's chunks through the model one clip at a time, averaged."""
+        out = []
+        with torch.no_grad():
+            for row in chunks.clip_indices:
+                wave = torch.from_numpy(data.waveform(int(row)))
+                x = torch.stack([wave[s:s + 16000] for s in range(0, len(wave) - 16000 + 1, 16000)])
+                out.append((model.embed(x) if layer == "penultimate" else model(x)).mean(0).numpy())
+        return np.stack(out)
+
+    # penultimate: the tagger's embedding, L2-normalised for the cosine
     recall, emb, y = evaluate_retrieval(model, data, "train", chunk_samples=16000, device="cpu", progress=False,
                                         embedding="penultimate")
-    ref = predict(model, chunks, device="cpu", output="embedding", progress=False)
+    ref = by_hand("penultimate")
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     assert np.allclose(emb, ref, atol=1e-5) and np.array_equal(y, chunks.labels.numpy())
     assert recall == pytest.approx(recall_at_ks(ref @ ref.T, y))
+    assert np.allclose(embed_clips(model, chunks, "penultimate", normalize=True, progress=False).values, ref, atol=1e-5)
     # output (the default): what the model returns, averaged over chunks, then compared
-    logits = predict(model, chunks, device="cpu", output="logits", progress=False)
+    logits = by_hand("output")
     raw_recall, raw, _ = evaluate_retrieval(model, data, "train", "euclidean", chunk_samples=16000, device="cpu",
                                             progress=False)
     assert np.allclose(raw, logits, atol=1e-5)

@@ -1,5 +1,5 @@
 """MagnaTagATune (MTAT): download, verification, unpacking, splits and decoding
-into the course's on-disk dataset format (:mod:`helpers.datasets`).
+into the course's on-disk dataset format (:mod:`helpers.data`).
 
 ``python -m helpers prepare mtat`` runs every step; each step is also a plain
 function that a notebook can call::
@@ -13,7 +13,7 @@ function that a notebook can call::
     read_annotations, make_splits the top-50 tags and the ``clean`` (Won et al.)
                                   or ``homework`` split, by MTAT folder
     decode_to_dataset             mp3 -> int16 clips with worker processes,
-                                  written with :class:`~helpers.datasets.DatasetWriter`
+                                  written with :class:`~helpers.prepare.writer.DatasetWriter`
     prepare_mtat                  all of the above, resumable at every step
 
 The tag list (``data/mtat_top50.txt``, fixed order) and the checksums
@@ -25,7 +25,6 @@ Sizes are in bytes, durations in seconds, audio lengths in samples at
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import contextlib
 import csv
@@ -49,11 +48,11 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .audio import AudioLoadError, load_audio
-from .datasets import (SPLITS, ClipInfo, DatasetNotReadyError, DatasetWriter, TaggedAudio, default_root,
-                       float_to_int16)
+from ..audio import AudioLoadError, load_audio
+from ..config import REPO, SAMPLE_RATE, atomic_write, data_root, tqdm
+from ..data import SPLITS, TaggedAudio
+from .writer import ClipInfo, DatasetWriter, float_to_int16
 
 # --------------------------------------------------------------------------- constants
 
@@ -61,11 +60,10 @@ BASE_URL = "https://mirg.city.ac.uk/datasets/magnatagatune/"
 PARTS = ("mp3.zip.001", "mp3.zip.002", "mp3.zip.003")
 JOINED_ZIP = "mp3.zip"  # the three parts concatenated (accepted in a --source folder)
 ANNOTATIONS = "annotations_final.csv"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = REPO / "data"
 TOP50_FILE = DATA_DIR / "mtat_top50.txt"
 MD5_FILE = DATA_DIR / "mtat_md5.txt"
 
-SAMPLE_RATE = 16000
 CLIP_SAMPLES = 465_984  # 29.124 s at 16 kHz: what every MTAT mp3 decodes to
 FOLDERS = "0123456789abcdef"
 SPLIT_FOLDERS: dict[str, dict[str, str]] = {
@@ -319,7 +317,7 @@ def fetch_files(names: Sequence[str], *, download_dir: str | os.PathLike | None 
     With ``source`` (a folder holding the files, e.g. on Google Drive), the
     files are used where they are, after an MD5 check; nothing is downloaded
     or moved. Otherwise they are downloaded from ``base_url`` into
-    ``download_dir`` (default ``default_root('downloads')``) with
+    ``download_dir`` (default ``data_root('downloads')``) with
     :func:`download_file`; files already there and verified are kept.
     """
     checksums = read_md5_file() if checksums is None else checksums
@@ -340,7 +338,7 @@ def fetch_files(names: Sequence[str], *, download_dir: str | os.PathLike | None 
                     "leave out --source to download the files")) from None
             out[name] = path
         else:
-            folder = Path(download_dir) if download_dir is not None else default_root("downloads")
+            folder = Path(download_dir) if download_dir is not None else data_root("downloads")
             out[name] = download_file(base_url.rstrip("/") + "/" + name, folder / name, md5, retries=retries,
                                       backoff=backoff, timeout=timeout, progress=progress)
     return out
@@ -440,11 +438,10 @@ def unpack(archive: Sequence[str | os.PathLike], dest: str | os.PathLike, progre
                 target = dest / _member_path(info.filename)
                 if target.is_file() and target.stat().st_size == info.file_size:
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".tmp")
-                with zf.open(info) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, target)
+                def copy(tmp: Path, info: zipfile.ZipInfo = info) -> None:
+                    with zf.open(info) as src, open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                atomic_write(target, copy)
                 extracted += 1
     except zipfile.BadZipFile as e:
         raise MTATError(f"{names} do not form a valid zip archive ({e}): delete them and download them "
@@ -637,7 +634,7 @@ def decode_to_dataset(root: str | os.PathLike, plan: SplitPlan, mp3_dir: str | o
 
     Clips are decoded with :func:`helpers.audio.load_audio` in ``workers``
     processes (0: in this process; default: the CPU count, at most 8) and
-    written by this process with :class:`~helpers.datasets.DatasetWriter`,
+    written by this process with :class:`~helpers.prepare.writer.DatasetWriter`,
     int16, ``clip_samples`` samples each (longer clips are cut). A missing,
     empty, undecodable or truncated file (decoding to fewer than
     ``min_fraction * clip_samples`` samples) is marked failed and listed in
@@ -683,14 +680,14 @@ def decode_to_dataset(root: str | os.PathLike, plan: SplitPlan, mp3_dir: str | o
 
 
 def _write_skipped(path: Path, plan: SplitPlan, failed: Mapping[int, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "clip_id", "split", "mp3_path", "reason"])
-        for i, reason in sorted(failed.items()):
-            c = plan.clips[i]
-            w.writerow([i, c.clip_id, c.split, c.origin, reason])
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "clip_id", "split", "mp3_path", "reason"])
+            for i, reason in sorted(failed.items()):
+                c = plan.clips[i]
+                w.writerow([i, c.clip_id, c.split, c.origin, reason])
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- disk space
@@ -768,12 +765,12 @@ def prepare_mtat(root: str | os.PathLike | None = None, *, split: str = "clean",
     1. ``annotations_final.csv``, then the ``split`` plan (``clean`` or
        ``homework``), then the disk check (:func:`check_disk_space`).
     2. The archive parts: from ``source`` (used in place) or downloaded into
-       ``download_dir`` (default ``default_root('downloads')``) from
+       ``download_dir`` (default ``data_root('downloads')``) from
        ``base_url``, MD5-verified against ``checksums`` (default
        ``data/mtat_md5.txt``). Skipped when every mp3 of the plan is already
        unpacked.
-    3. Unpacking into ``mp3_dir`` (default ``default_root('mtat_mp3')``).
-    4. Decoding into ``root`` (default ``default_root('mtat')``) with
+    3. Unpacking into ``mp3_dir`` (default ``data_root('mtat_mp3')``).
+    4. Decoding into ``root`` (default ``data_root('mtat')``) with
        ``workers`` processes, ``clip_samples`` samples per clip.
     5. A :class:`MTATCountWarning` when the split sizes differ from
        ``published`` (default: the published sizes of ``split``), saying which
@@ -784,8 +781,8 @@ def prepare_mtat(root: str | os.PathLike | None = None, *, split: str = "clean",
     """
     if split not in SPLIT_FOLDERS:
         raise MTATError(f"unknown split {split!r}: use one of {sorted(SPLIT_FOLDERS)}")
-    root = Path(root) if root is not None else default_root("mtat")
-    mp3_dir = Path(mp3_dir) if mp3_dir is not None else default_root("mtat_mp3")
+    root = Path(root) if root is not None else data_root("mtat")
+    mp3_dir = Path(mp3_dir) if mp3_dir is not None else data_root("mtat_mp3")
     published = dict(PUBLISHED_SIZES[split] if published is None else published)
     if (root / "meta.json").exists() and not overwrite:
         data = TaggedAudio(root)
@@ -863,7 +860,7 @@ def summary_line(root: str | os.PathLike | None = None) -> str:
     """One line describing a prepared MTAT dataset, for notebook 00, e.g.
     ``MagnaTagATune, clean split: 21,105 clips of 29.12 s at 16 kHz, 50 tags;
     train 15,244 / valid 1,529 / test 4,332; 3 skipped; 19.7 GB in data/mtat``."""
-    root = Path(root) if root is not None else default_root("mtat")
+    root = Path(root) if root is not None else data_root("mtat")
     meta = TaggedAudio(root).meta
     sizes = meta["split_sizes"]
     return (f"MagnaTagATune, {meta.get('split_rule', '?')} split: {sum(sizes.values()):,} clips of "
@@ -871,65 +868,3 @@ def summary_line(root: str | os.PathLike | None = None) -> str:
             f"{len(meta['tags'])} tags; " + " / ".join(f"{s} {sizes[s]:,}" for s in SPLITS)
             + f"; {len(meta.get('excluded', {})):,} skipped; "
             f"{format_bytes(meta['n_clips'] * meta['clip_samples'] * 2)} in {root}")
-
-
-# --------------------------------------------------------------------------- command line
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of ``python -m helpers prepare mtat`` to ``parser``."""
-    parser.description = ("Download MagnaTagATune (about 3 GB), verify and unpack it, and decode the clips of a "
-                          "split into the course's dataset format (about 20 GB for the clean split). Every step "
-                          "resumes: run the same command again after an interruption.")
-    parser.add_argument("--root", type=Path, default=None,
-                        help="dataset folder (default: data/mtat, or $COURSE_DATA/mtat)")
-    parser.add_argument("--split", choices=sorted(SPLIT_FOLDERS), default="clean",
-                        help="clean: Won et al. 2020, folders 0-b / c / d-f (15,244 / 1,529 / 4,332 clips); "
-                             "homework: folders 0 1 2 a b / c / d (6,206 / 1,529 / 1,339). Default: clean")
-    parser.add_argument("--source", type=Path, default=None,
-                        help="folder that already holds mp3.zip.001-.003 (or the joined mp3.zip) and "
-                             "annotations_final.csv, e.g. on Google Drive: used in place, nothing is downloaded")
-    parser.add_argument("--download-dir", type=Path, default=None,
-                        help="where to download the files (default: data/downloads, or $COURSE_DATA/downloads); "
-                             "a folder on Google Drive keeps them across Colab runtimes")
-    parser.add_argument("--mp3-dir", type=Path, default=None,
-                        help="where to unpack the mp3 files (default: data/mtat_mp3, or $COURSE_DATA/mtat_mp3)")
-    parser.add_argument("--base-url", default=BASE_URL, help=f"where to download from (default: {BASE_URL})")
-    parser.add_argument("--md5-file", type=Path, default=MD5_FILE,
-                        help="checksums, lines `md5  filename` (default: data/mtat_md5.txt)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: the CPU count, at most 8; 0 decodes in this process)")
-    parser.add_argument("--clip-samples", type=int, default=CLIP_SAMPLES,
-                        help=f"samples kept per clip (default: {CLIP_SAMPLES:,} = 29.124 s at 16 kHz)")
-    parser.add_argument("--retries", type=int, default=5,
-                        help="failed download attempts in a row without progress before giving up (default: 5)")
-    parser.add_argument("--backoff", type=float, default=1.0,
-                        help="seconds before the first retry, doubled each time (default: 1)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds without data before a connection counts as dropped (default: 60)")
-    parser.add_argument("--overwrite", action="store_true", help="prepare again over a finished dataset")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
-
-
-def cli(args: argparse.Namespace) -> int:
-    """Run ``prepare mtat`` with parsed ``args``; returns the exit status (0: done)."""
-    try:
-        meta = prepare_mtat(args.root, split=args.split, download_dir=args.download_dir, source=args.source,
-                            mp3_dir=args.mp3_dir, base_url=args.base_url, checksums=read_md5_file(args.md5_file),
-                            workers=args.workers, clip_samples=args.clip_samples, overwrite=args.overwrite,
-                            progress=not args.no_progress, retries=args.retries, backoff=args.backoff,
-                            timeout=args.timeout)
-    except (MTATError, DatasetNotReadyError, FileExistsError) as e:
-        print(f"prepare mtat: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("prepare mtat: interrupted; run the same command again to resume where it stopped", file=sys.stderr)
-        return 130
-    root = Path(args.root) if args.root is not None else default_root("mtat")
-    sizes = meta["split_sizes"]
-    print(f"MTAT is ready in {root}")
-    print("Split sizes: " + ", ".join(f"{s} {sizes[s]:,}" for s in SPLITS)
-          + f" ({len(meta.get('excluded', {}))} clips skipped, listed in {root / SKIPPED_REPORT})")
-    print(summary_line(root))
-    mp3_dir = Path(args.mp3_dir) if args.mp3_dir is not None else default_root("mtat_mp3")
-    print(f"The unpacked mp3 files in {mp3_dir} are no longer needed: delete that folder to free about 3 GB.")
-    return 0

@@ -17,6 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..metrics import recall_at_k
+from ..models import ResBlock2d
+
 #: Figure 1 of the homework: output of each block for a 3 s input (48,000 samples).
 FIGURE1_SHAPES = [(64, 24, 47), (128, 8, 15), (128, 2, 5), (64, 1, 1)]
 FIGURE1_PARAMETERS = 299_892
@@ -81,8 +84,6 @@ def _recall_cases(seed: int = 0):
     """Small cases with a known answer: a hand-worked one, all-tied
     similarities (the query must not count as its own neighbour), a query
     without labels, and random cases with ties."""
-    from .metrics import recall_at_k
-
     hand_labels = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]])
     hand_sim = np.array([[1.0, 0.5, 0.9, 0.1], [0.5, 1.0, 0.2, 0.3], [0.9, 0.2, 1.0, 0.4], [0.1, 0.3, 0.4, 1.0]])
     yield "the hand-worked 4-clip example", hand_sim, hand_labels, 1
@@ -95,7 +96,6 @@ def _recall_cases(seed: int = 0):
         sim = np.round(rng.standard_normal((n, n)), 1)
         labels = (rng.random((n, 5)) < 0.3).astype(int)
         yield f"a random case with N={n}", sim, labels, int(rng.choice([1, 2, 4]))
-    del recall_at_k
 
 
 def _recall_variant(sim: np.ndarray, labels: np.ndarray, k: int, skip_self: bool = True,
@@ -119,8 +119,6 @@ def check_recall_at_k(fn: Callable[[np.ndarray, np.ndarray, int], float]) -> boo
     """Check a student's ``fn(sim, labels, k) -> float`` against the definition
     (self excluded, label-less queries skipped, ties by index); on a
     disagreement, show the smallest such case with the expected value."""
-    from .metrics import recall_at_k
-
     name = "recall_at_k"
     for what, sim, labels, k in _recall_cases():
         expected = recall_at_k(sim, labels, k)
@@ -188,8 +186,6 @@ def check_residual_block(block_class: Callable[..., nn.Module]) -> bool:
     :class:`helpers.models.ResBlock2d`, it must give the same output on random
     input, with the same and with more output channels. Recognises a missing
     shortcut and a ReLU applied before the addition."""
-    from .models import ResBlock2d
-
     name = "residual_block"
     x = torch.randn(2, 16, 12, 20, generator=torch.Generator().manual_seed(0))
     for c_in, c_out in [(16, 16), (16, 32)]:

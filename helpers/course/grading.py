@@ -22,10 +22,15 @@ from pathlib import Path
 from typing import Sequence
 
 import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+from ..config import REPO, tqdm
+from .run import LocalKernelManager
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_STUB = ("# YOUR CODE HERE", "raise NotImplementedError")
-COURSE_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+COURSE_NOTEBOOKS = REPO / "notebooks"
 CHECK_CALL = re.compile(r"\bcheck_(\w+)\s*\(")
 
 
@@ -113,11 +118,6 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run
     notebook recorded and, for an error, the first line of its message.
     The notebook runs in ``run_dir`` (default: the course's notebooks folder,
     so that its setup cell finds ``helpers`` wherever the file was saved)."""
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
-
-    from .course import local_kernel_manager
-
     row: dict = {"submission": str(path), "status": "", "seconds": 0.0}
     try:
         nb = nbformat.read(path, as_version=4)
@@ -135,7 +135,7 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run
         os.environ.update(COURSE_PROFILE="ci", COURSE_CHECKS_FILE=str(checks_file),
                           COURSE_RESULTS=str(results_file))
         try:
-            NotebookClient(nb, kernel_manager_class=local_kernel_manager(), timeout=timeout, kernel_name="python3",
+            NotebookClient(nb, kernel_manager_class=LocalKernelManager, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": str(run_dir or COURSE_NOTEBOOKS)}}).execute()
             row["status"] = "ok"
         except CellTimeoutError:
@@ -176,8 +176,6 @@ def grade(paths: Sequence[Path], out_csv: Path, timeout: int = 600, solutions: P
           run_dir: Path | None = None) -> list[dict]:
     """Grade every submission (a notebook, or every ``*.ipynb`` in a folder and
     any other file given) into ``out_csv``; never stops on a broken one."""
-    from tqdm.auto import tqdm
-
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])

@@ -22,7 +22,9 @@ the spectrum gives the answer away.
 
 Everything is generated from one integer seed: clip ``(song, clip)`` uses its
 own generator seeded by ``(seed, song, clip)``, so the same seed gives the same
-bytes whatever the number of worker processes or the order of generation.
+bytes whatever the number of worker processes or the order of generation. The
+dataset records :data:`GENERATOR_VERSION`, so that data made by an older
+generator is noticed and made again.
 """
 from __future__ import annotations
 
@@ -32,10 +34,20 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from ..config import SAMPLE_RATE, tqdm
+from ..data import TaggedAudio
+from .writer import ClipInfo, DatasetWriter
+
+#: Version of the generator's output. Bump it with every change of the code
+#: that changes a generated clip or label: a dataset made by another version is
+#: stale, and :func:`prepare_synthetic` makes it again (a test checks a
+#: fingerprint of the output against this number).
+GENERATOR_VERSION = 2
+
 TABLE_SIZE = 4096
 
 #: The tags of the synthetic dataset, most frequent first (as MTAT's top 50).
@@ -651,26 +663,30 @@ def _render_batch(args: tuple) -> list[np.ndarray]:
 
 
 def prepare_synthetic(root: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers: int | None = None,
-                      overwrite: bool = False, progress: bool = True) -> Path:
+                      overwrite: bool = False, progress: bool = True,
+                      on_batch: Callable[[int], None] | None = None) -> Path:
     """Generate the synthetic dataset into ``root`` in the on-disk format.
 
     Resumable: an interrupted run continues with the clips not yet written.
-    A finished dataset with the same configuration is left as it is. Returns
-    ``root``.
+    A finished dataset with the same configuration and generator version is
+    left as it is; one made by another :data:`GENERATOR_VERSION` is stale and
+    made again (with a one-line note); one with another configuration is an
+    error unless ``overwrite``. ``on_batch(clips_written)`` is called after
+    each batch of clips is durable (a progress hook). Returns ``root``.
     """
-    from tqdm.auto import tqdm
-
-    from .datasets import ClipInfo, DatasetWriter, TaggedAudio
-
     root = Path(root)
     config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
     config["split_fractions"] = list(cfg.split_fractions)
     if (root / "meta.json").exists() and not overwrite:
         meta = TaggedAudio(root).meta
-        if meta.get("config") == config:
+        if meta.get("config") != config:
+            raise FileExistsError(f"{root} holds a synthetic dataset with another configuration "
+                                  f"({meta.get('config')}); delete it or pass overwrite=True")
+        if meta.get("generator_version") == GENERATOR_VERSION:
             return root
-        raise FileExistsError(f"{root} holds a synthetic dataset with another configuration "
-                              f"({meta.get('config')}); delete it or pass overwrite=True")
+        print(f"{root.name}: made by generator version {meta.get('generator_version', 1)}, this code is version "
+              f"{GENERATOR_VERSION}: generating it again")
+        overwrite = True
     start = time.perf_counter()
     songs, clips, splits, labels = plan_dataset(cfg)
     infos = [ClipInfo(f"song{c.song:04d}_clip{c.clip}", s, f"song{c.song:04d} ({c.style})")
@@ -682,24 +698,22 @@ def prepare_synthetic(root: str | os.PathLike, cfg: SynthConfig = SynthConfig(),
     workers = workers or min(2, os.cpu_count() or 1)
     bar = tqdm(total=len(clips), initial=len(clips) - len(pending), desc="synthesising clips", unit="clip",
                disable=not progress)
-
-    def jobs():
-        return ((cfg, [(songs[clips[i].song], clips[i]) for i in b]) for b in batches)
-
-    if workers > 1 and len(batches) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            for batch, audio in zip(batches, pool.map(_render_batch, jobs())):
-                for i, y in zip(batch, audio):
-                    writer.write(i, y)
-                writer.checkpoint()
-                bar.update(len(batch))
-    else:
-        for batch, job in zip(batches, jobs()):
-            for i, y in zip(batch, _render_batch(job)):
+    jobs = ((cfg, [(songs[clips[i].song], clips[i]) for i in b]) for b in batches)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and len(batches) > 1 else None
+    try:
+        rendered = pool.map(_render_batch, jobs) if pool else map(_render_batch, jobs)
+        for batch, audio in zip(batches, rendered):
+            for i, y in zip(batch, audio):
                 writer.write(i, y)
             writer.checkpoint()
             bar.update(len(batch))
+            if on_batch is not None:
+                on_batch(bar.n)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     bar.close()
-    writer.finalize(extra={"config": config, "generation_seconds": round(time.perf_counter() - start, 1),
+    writer.finalize(extra={"config": config, "generator_version": GENERATOR_VERSION,
+                           "generation_seconds": round(time.perf_counter() - start, 1),
                            "styles": [c.style for c in clips]})
     return root

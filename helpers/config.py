@@ -1,0 +1,136 @@
+"""Configuration of a course run: one place for every choice a notebook makes
+before it starts, and for where the course keeps its files.
+
+- the run profile (``ci``, ``cpu``, ``gpu``: :data:`PROFILES`), the dataset,
+  the device and whether to show progress bars, each chosen from an argument,
+  else an environment variable, else a default (:func:`choose_profile`...);
+- where data, results and checkpoints live (:func:`data_root`,
+  :func:`results_path`, :func:`checkpoint_path`);
+- the sample rate of everything (:data:`SAMPLE_RATE`), the progress bar
+  (:data:`tqdm`) and the one way the course writes a file safely
+  (:func:`atomic_write`).
+
+This module imports nothing of the course, so every other module can import it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # In a Jupyter kernel without ipywidgets, importing tqdm.auto warns "IProgress not found" on stderr (which
+    # nbval compares) and falls back to text bars. Every module of the course takes its tqdm from here, and
+    # helpers/__init__.py imports this module first, so the warning is silenced whatever is imported first.
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
+
+__all__ = ["SAMPLE_RATE", "PROFILES", "DATASETS", "REPO", "tqdm", "choose_profile", "choose_dataset",
+           "choose_device", "choose_progress", "data_root", "results_path", "checkpoint_path", "atomic_write"]
+
+#: Sample rate (Hz) of every waveform in the course: datasets, models, tagging.
+SAMPLE_RATE = 16000
+
+#: The repository (the parent of ``helpers/``).
+REPO = Path(__file__).resolve().parent.parent
+
+#: Run profiles. ``ci``: seconds per notebook (a few batches), for nbval.
+#: ``cpu``: the default without a GPU, the course in minutes on 2 cores.
+#: ``gpu``: the full recipe on MagnaTagATune.
+PROFILES: dict[str, dict[str, Any]] = {
+    "ci": {"epochs": 1, "max_batches": 2, "batch_size": 16, "num_workers": 0},
+    "cpu": {"epochs": 8, "max_batches": None, "batch_size": 16, "num_workers": 0},
+    "gpu": {"epochs": 30, "max_batches": None, "batch_size": 16, "num_workers": 4},
+}
+
+#: The datasets a notebook can run on.
+DATASETS = ("synthetic", "mtat")
+
+
+def choose_profile(profile: str | None = None) -> str:
+    """The run profile: ``profile`` if given, else ``$COURSE_PROFILE``, else
+    ``gpu`` when CUDA is present and ``cpu`` otherwise."""
+    profile = profile or os.environ.get("COURSE_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {list(PROFILES)}")
+    return profile
+
+
+def choose_dataset(name: str | None = None) -> str:
+    """The dataset: ``name`` if given, else ``$COURSE_DATASET``, else ``synthetic``."""
+    name = name or os.environ.get("COURSE_DATASET") or "synthetic"
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: choose 'synthetic' or 'mtat'")
+    return name
+
+
+def choose_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_progress(profile: str | None = None) -> bool:
+    """Whether to show progress bars: ``$COURSE_PROGRESS`` when set (``0``,
+    ``false``, ``no`` or ``off`` for no), else yes except in the ``ci``
+    profile. ``python -m helpers run`` sets it to ``0``: bars recorded by a
+    headless run are noise, and without ipywidgets they go to stderr."""
+    value = os.environ.get("COURSE_PROGRESS", "").strip().lower()
+    if value:
+        return value not in ("0", "false", "no", "off")
+    return choose_profile(profile) != "ci"
+
+
+def data_root(name: str = "synthetic") -> Path:
+    """Where a dataset (or the ``downloads`` cache) is prepared by default:
+    ``data/<name>`` in the repository, or ``$COURSE_DATA/<name>`` when that
+    variable is set."""
+    base = os.environ.get("COURSE_DATA")
+    return Path(base) / name if base else REPO / "data" / name
+
+
+def results_path() -> Path:
+    """The results file of the current run: ``$COURSE_RESULTS`` or
+    ``output/results.jsonl`` in the repository."""
+    return Path(os.environ.get("COURSE_RESULTS") or REPO / "output" / "results.jsonl")
+
+
+def checkpoint_path(name: str, dataset: str = "synthetic") -> Path:
+    """Where the course keeps the checkpoint ``name`` trained on ``dataset``:
+    ``checkpoints/<dataset>/<name>.pt`` in the repository, or under
+    ``$COURSE_CHECKPOINTS`` when set. ``best`` is the course's best tagger,
+    used by notebook 06 and ``python -m helpers tag``."""
+    base = Path(os.environ.get("COURSE_CHECKPOINTS") or REPO / "checkpoints")
+    return base / dataset / f"{name}.pt"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], fsync: bool = False) -> Path:
+    """Write ``path`` so that an interruption never leaves it half-written.
+
+    ``write(tmp)`` writes the content to a temporary file beside ``path`` (with
+    the same suffix, so that ``np.save`` and friends keep the name); the file
+    then replaces ``path`` in one ``os.replace``. ``fsync`` flushes it to disk
+    first (for the small files that mark progress). On an error the temporary
+    file is removed and ``path`` is left as it was. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,18 @@
+"""The course's own tooling: what a notebook needs beside the core, and the
+machinery around the notebooks.
+
+For the notebooks (importable from ``helpers.course``): the set-up
+(:func:`open_dataset`), the results (:func:`record_result`,
+:func:`read_results`, :func:`format_results`, :func:`course_table`) and the
+exercises' self-checks (``check_*``).
+
+Around the notebooks: ``run`` (executing every notebook, the run summary),
+``grading`` (the student version and the grader); ``python -m helpers``
+calls them.
+"""
+from .checks import check_cnn2d, check_recall_at_k, check_residual_block, check_top_k_tags
+from .results import course_table, format_results, read_results, record_result
+from .setup import open_dataset, summary_line
+
+__all__ = ["open_dataset", "summary_line", "record_result", "read_results", "format_results", "course_table",
+           "check_cnn2d", "check_recall_at_k", "check_residual_block", "check_top_k_tags"]
