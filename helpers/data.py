@@ -121,6 +121,15 @@ def _as_dataset(data: "TaggedAudio | str | os.PathLike") -> TaggedAudio:
     return data if isinstance(data, TaggedAudio) else TaggedAudio(data)
 
 
+def _clips_of(data: TaggedAudio, split: str) -> np.ndarray:
+    """Row indices of the clips of ``split``; an empty split is an error."""
+    rows = data.split_indices(split)
+    if len(rows) == 0:
+        raise ValueError(f"the {split!r} split of the dataset at {data.root} has no clips: prepare the dataset "
+                         f"again, or choose another split")
+    return rows
+
+
 def chunk_starts(n_samples: int, chunk_samples: int) -> list[int]:
     """Start offsets of the non-overlapping chunks of a clip (at least one)."""
     return [k * chunk_samples for k in range(max(1, n_samples // chunk_samples))]
@@ -130,14 +139,15 @@ class RandomCropDataset(Dataset):
     """Training view: item ``i`` is a random crop of clip ``i`` of ``split``.
 
     Returns ``(waveform, labels)``: float32 ``(chunk_samples,)`` and float32
-    ``(n_tags,)``. Clips shorter than a chunk are zero-padded. Crops use
-    NumPy's global-free generator seeded per worker by PyTorch's seed, so a
-    seeded DataLoader gives repeatable crops.
+    ``(n_tags,)``. Clips shorter than a chunk are zero-padded. Crops draw
+    from torch's random generator, which PyTorch seeds in each DataLoader
+    worker from the loader's generator: a seeded DataLoader gives repeatable
+    crops. An empty split is an error.
     """
 
     def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
         self.data = _as_dataset(data)
-        self.indices = self.data.split_indices(split)
+        self.indices = _clips_of(self.data, split)
         self.chunk_samples = int(chunk_samples)
 
     def __len__(self) -> int:
@@ -164,7 +174,7 @@ class ChunkDataset(Dataset):
 
     def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
         self.data = _as_dataset(data)
-        self.clip_indices = self.data.split_indices(split)
+        self.clip_indices = _clips_of(self.data, split)
         self.chunk_samples = int(chunk_samples)
         self.items = [(pos, int(row), start) for pos, row in enumerate(self.clip_indices)
                       for start in chunk_starts(self.data.clips[int(row)]["n_samples"], self.chunk_samples)]

@@ -90,14 +90,26 @@ def test_load_audio_formats(tmp_path, fmt, ext):
 
 
 def test_load_audio_downmixes_and_resamples(tmp_path):
+    """Two different channels (1000 Hz at 0.4 on the left, 3000 Hz at 0.2 on
+    the right) at 44.1 kHz: the output at 16 kHz is their mean, so both tones
+    are present at half their channel's amplitude (taking one channel, or
+    summing them, gives other amplitudes)."""
     t = np.arange(44100) / 44100
     left = 0.4 * np.sin(2 * np.pi * 1000 * t)
-    stereo = np.stack([left, -left * 0 + left], axis=1).astype(np.float32)
-    sf.write(tmp_path / "stereo.wav", stereo, 44100)
+    right = 0.2 * np.sin(2 * np.pi * 3000 * t)
+    stereo = np.stack([left, right], axis=1).astype(np.float32)
+    sf.write(tmp_path / "stereo.wav", stereo, 44100, subtype="FLOAT")
     out = load_audio(tmp_path / "stereo.wav", sample_rate=16000)
-    assert len(out) == 16000
-    spectrum = np.abs(np.fft.rfft(out))
-    assert np.argmax(spectrum) == pytest.approx(1000, abs=2)             # 1 Hz bins over 1 s
+    assert out.dtype == np.float32 and out.shape == (16000,)
+    amplitude = np.abs(np.fft.rfft(out)) * 2 / len(out)                  # 1 Hz bins over 1 s
+    assert amplitude[1000] == pytest.approx(0.2, abs=0.005)               # (0.4 + 0) / 2
+    assert amplitude[3000] == pytest.approx(0.1, abs=0.005)               # (0 + 0.2) / 2
+    others = np.delete(amplitude, [999, 1000, 1001, 2999, 3000, 3001])
+    assert others.max() < 0.005                                           # nothing else: a clean resampling
+    # the resampled mean of the channels, sample by sample (away from the filter's edge effects)
+    expected = 0.2 * np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000) + \
+        0.1 * np.sin(2 * np.pi * 3000 * np.arange(16000) / 16000)
+    assert np.abs(out[200:-200] - expected[200:-200]).max() < 0.01
 
 
 def test_load_audio_errors_name_the_file(tmp_path):

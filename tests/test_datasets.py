@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -106,3 +107,54 @@ def test_triplets_share_a_tag_and_the_negative_lacks_it(tiny_root):
         assert a != p and labels[a, tag] == 1 and labels[p, tag] == 1 and labels[n, tag] == 0
     xa, xp, xn, tag = ds[0]
     assert xa.shape == xp.shape == xn.shape == (8000,) and tag in ds.usable_tags
+
+
+def test_pickling_sends_no_audio_and_the_copy_reads_the_same_waveforms(tiny_root):
+    """What a spawn/forkserver DataLoader worker receives: everything but the
+    memory map, which the copy opens again."""
+    d = TaggedAudio(tiny_root)
+    audio_bytes = (tiny_root / "audio.npy").stat().st_size
+    for obj in (d, RandomCropDataset(d, "train", 16000)):
+        blob = pickle.dumps(obj)
+        assert len(blob) < 0.1 * audio_bytes, (len(blob), audio_bytes)
+        assert b"memmap" not in blob
+    assert isinstance(d.audio, np.memmap)                                # pickling left the original whole
+    copy = pickle.loads(pickle.dumps(d))
+    assert isinstance(copy.audio, np.memmap) and copy.audio.filename == d.audio.filename
+    assert copy.tags == d.tags and np.array_equal(copy.labels, d.labels) and copy.clips == d.clips
+    for i in range(len(d)):
+        assert np.array_equal(copy.waveform(i), d.waveform(i))
+    crops = pickle.loads(pickle.dumps(RandomCropDataset(d, "train", 16000)))
+    assert isinstance(crops.data.audio, np.memmap)
+    torch.manual_seed(5)
+    a = crops[3]
+    torch.manual_seed(5)
+    b = RandomCropDataset(d, "train", 16000)[3]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_spawned_dataloader_worker_reads_batches(tiny_root):
+    d = TaggedAudio(tiny_root)
+    ds = RandomCropDataset(d, "train", 8000)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context="spawn")
+    x, y = next(iter(loader))
+    assert x.shape == (2, 8000) and x.abs().sum() > 0
+    assert torch.equal(y, torch.from_numpy(d.labels[ds.indices[:2]].astype(np.float32)))
+    for k in range(2):                                                   # each crop is a piece of its clip
+        full = d.waveform(int(ds.indices[k]))
+        assert any(np.array_equal(full[s:s + 8000], x[k].numpy()) for s in range(len(full) - 8000 + 1))
+
+
+@pytest.mark.xfail(strict=True, reason="RandomCropDataset and ChunkDataset accept a split without clips (length 0) "
+                                       "instead of raising a ValueError that names the split")
+@pytest.mark.parametrize("make", [RandomCropDataset, ChunkDataset], ids=["random-crops", "chunks"])
+def test_a_split_without_clips_is_a_clear_error(tmp_path, make):
+    root = tmp_path / "ds"
+    clips = [ClipInfo(f"c{i}", "train" if i < 3 else "test", f"song{i}") for i in range(4)]   # no 'valid' clip
+    w = DatasetWriter(root, "toy", TAGS, 1000, clips, np.eye(4, 3, dtype=np.uint8))
+    for i in w.pending():
+        w.write(i, np.full(1000, 0.1, dtype=np.float32))
+    w.finalize()
+    with pytest.raises(ValueError) as caught:
+        make(TaggedAudio(root), "valid", 500)
+    assert "'valid'" in str(caught.value)

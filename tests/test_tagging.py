@@ -57,7 +57,16 @@ def test_taggram_rows_are_the_model_on_each_window(tagger):
     assert top[0] == (TAGS[int(np.argmax(result.probs))], pytest.approx(float(result.probs.max())))
     summary = result.to_dict(2)
     assert summary["windows"] == len(starts) and len(summary["top_tags"]) == 2
-    assert "drums" in result.describe(5) or "piano" in result.describe(5)
+    # describe(k): a head line naming the source, then the k most probable tags (k < the 5 tags, so that
+    # leaving tags out is visible), most probable first, aligned, probabilities with 3 decimals
+    order = np.argsort(-result.probs, kind="stable")
+    lines = result.describe(3).splitlines()
+    assert lines[0] == f"waveform (7.3 s, {len(starts)} window(s) of 3.00 s, model {tagger.model_name}):"
+    assert len(lines) == 4
+    assert [line.split() for line in lines[1:]] == [[TAGS[i], f"{result.probs[i]:.3f}"] for i in order[:3]]
+    assert len({line.rindex(" ") for line in lines[1:]}) == 1           # the probabilities in one column
+    described = {line.split()[0] for line in lines[1:]}
+    assert all(TAGS[i] not in described for i in order[3:])
 
 
 def test_short_input_is_padded_and_wrong_shapes_refused(tagger):
