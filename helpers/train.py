@@ -172,10 +172,10 @@ def _loadable(value: Any, where: str = "checkpoint") -> Any:
     """``value`` in the types ``torch.load(weights_only=True)`` reads back:
     NumPy scalars and arrays become Python numbers and lists, paths strings,
     dataclasses dicts; anything else unknown is an error that names it."""
+    if isinstance(value, np.generic):          # first: np.float64 and np.str_ are also float and str
+        return value.item()
     if isinstance(value, (str, bool, int, float, type(None), torch.Tensor, torch.dtype, torch.device)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, Path):

@@ -96,17 +96,13 @@ def test_interrupted_preparation_resumes_to_identical_bytes(tmp_path, monkeypatc
 KILLABLE = SynthConfig(n_songs=12, clips_per_song=4, clip_seconds=1.0, seed=3)     # 48 clips: 3 batches of 16
 
 # Runs prepare_synthetic(root, KILLABLE) and SIGKILLs its own process from the on_batch hook (in the main
-# process, right after a batch is durable) once `kill_after` hooks were called in this run (0: never).
-# The hook counts its own calls rather than reading its argument: see test_on_batch_reports_durable_clips.
+# process, right after a batch is durable) once `kill_at` clips are written (0: never).
 KILL_CODE = """
 import os, signal, sys
 from helpers.prepare.synth import SynthConfig, prepare_synthetic
-root, kill_after = sys.argv[1], int(sys.argv[2])
-calls = 0
+root, kill_at = sys.argv[1], int(sys.argv[2])
 def hook(clips_written):
-    global calls
-    calls += 1
-    if calls == kill_after:
+    if clips_written == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 prepare_synthetic(root, SynthConfig(n_songs=12, clips_per_song=4, clip_seconds=1.0, seed=3), workers=1,
                   progress=False, on_batch=hook)
@@ -125,29 +121,23 @@ def test_killed_preparation_never_looks_complete_and_finishes_on_rerun(tmp_path)
     ds = tmp_path / "ds"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
-    def run(kill_after: int) -> int:
-        return subprocess.run([sys.executable, "-c", KILL_CODE, str(ds), str(kill_after)], env=env,
+    def run(kill_at: int) -> int:
+        return subprocess.run([sys.executable, "-c", KILL_CODE, str(ds), str(kill_at)], env=env,
                               timeout=120).returncode
 
     for durable in (16, 32):                     # killed once per run, each run one batch further
-        assert run(kill_after=1) == -signal.SIGKILL
+        assert run(kill_at=durable) == -signal.SIGKILL
         assert not (ds / "meta.json").exists()
         with pytest.raises(DatasetNotReadyError, match="incomplete"):
             TaggedAudio(ds)
         assert _clips_durable(ds) == durable
-    assert run(kill_after=0) == 0
+    assert run(kill_at=0) == 0
     reference = prepare_synthetic(tmp_path / "ref", KILLABLE, workers=1, progress=False)
     assert digest(ds) == digest(reference)
     assert TaggedAudio(ds).meta["generator_version"] == GENERATOR_VERSION
 
 
-@pytest.mark.parametrize("progress", [
-    True,
-    pytest.param(False, marks=pytest.mark.xfail(
-        strict=True, reason="helpers/prepare/synth.py prepare_synthetic passes bar.n to on_batch, but a tqdm "
-                            "bar made with disable=True never counts (update() returns at once): with "
-                            "progress=False the hook always receives the initial count (0 on a fresh run)")),
-])
+@pytest.mark.parametrize("progress", [True, False])
 def test_on_batch_reports_durable_clips(tmp_path, progress):
     """on_batch(clips_written) is called after each batch of 16 clips, with
     the number of clips written so far, all of them already durable."""

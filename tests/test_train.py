@@ -2,16 +2,20 @@
 chunk-averaged prediction."""
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from helpers.data import ChunkDataset, TaggedAudio
+from helpers import train
+from helpers.data import ChunkDataset, RandomCropDataset, TaggedAudio
 from helpers.models import build_model
 from helpers.config import PROFILES, choose_profile
-from helpers.train import (HOMEWORK_RECIPE, Recipe, TrainingDivergedError, embed_clips, evaluate, fit, load_checkpoint,
-                           predict)
+from helpers.train import (CHECKPOINT_FORMAT, HOMEWORK_RECIPE, Recipe, TrainingDivergedError, embed_clips, evaluate,
+                           fit, load_checkpoint, model_checkpoint, predict, save_checkpoint)
 
 QUICK = Recipe(optimizer="adam", lr=1e-3, epochs=2, batch_size=4, eval_batch_size=8)
 
@@ -137,3 +141,150 @@ def test_missing_or_bad_checkpoint_messages(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def _fresh(data):
+    torch.manual_seed(123)
+    return build_model("cnn1d", n_tags=len(data.tags))
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _last_weights(folder: Path) -> dict:
+    return torch.load(folder / "last.pt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_resume_with_dataloader_workers_gives_the_uninterrupted_result(tiny_root, tmp_path):
+    """With num_workers=2 the crops are drawn in the workers, seeded from the
+    loader's generator: a resumed run must restore it to crop the same."""
+    data = TaggedAudio(tiny_root)
+    recipe = replace(QUICK, num_workers=2, max_batches=3)              # 3 of the 5 batches: quicker, as exact
+    full_model = _fresh(data)
+    full = fit(full_model, data, recipe, "cnn1d", checkpoint_dir=tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_InterruptAfter(_fresh(data), tmp_path / "cut"), data, recipe, "cnn1d", checkpoint_dir=tmp_path / "cut",
+            progress=False)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+    resumed_model = _fresh(data)
+    resumed = fit(resumed_model, data, recipe, "cnn1d", checkpoint_dir=tmp_path / "cut", progress=False)
+    assert resumed.epoch == full.epoch == [1, 2]
+    assert resumed.train_loss == pytest.approx(full.train_loss, rel=1e-6)
+    assert resumed.valid_loss == pytest.approx(full.valid_loss, rel=1e-6)
+    assert _same_weights(resumed_model.state_dict(), full_model.state_dict())          # the best epoch's
+    assert _same_weights(_last_weights(tmp_path / "cut"), _last_weights(tmp_path / "full"))   # epoch 2's
+
+
+def test_more_epochs_extend_a_finished_run(tiny_root, tmp_path):
+    """A finished 1-epoch run called again with epochs=2 (and the same
+    checkpoint_dir) continues into epoch 2: the result of a straight 2-epoch
+    run, not an "another run" error nor a run started over."""
+    data = TaggedAudio(tiny_root)
+    recipe = replace(QUICK, max_batches=3)                              # epochs=2
+    straight_model = _fresh(data)
+    straight = fit(straight_model, data, recipe, "cnn1d", checkpoint_dir=tmp_path / "straight", progress=False)
+    one = fit(_fresh(data), data, replace(recipe, epochs=1), "cnn1d", checkpoint_dir=tmp_path / "run", progress=False)
+    assert one.epoch == [1]
+    extended_model = _fresh(data)
+    extended = fit(extended_model, data, recipe, "cnn1d", checkpoint_dir=tmp_path / "run", progress=False)
+    assert extended.epoch == straight.epoch == [1, 2]
+    assert extended.train_loss == pytest.approx(straight.train_loss, rel=1e-6)
+    assert extended.valid_loss == pytest.approx(straight.valid_loss, rel=1e-6)
+    assert _same_weights(extended_model.state_dict(), straight_model.state_dict())
+    assert _same_weights(_last_weights(tmp_path / "run"), _last_weights(tmp_path / "straight"))
+    # the same call again trains nothing (a training forward would raise) and returns the same record
+    again = fit(_InterruptAfter(_fresh(data), tmp_path / "run"), data, recipe, "cnn1d",
+                checkpoint_dir=tmp_path / "run", progress=False)
+    assert again.epoch == [1, 2] and again.train_loss == extended.train_loss
+
+
+def test_save_checkpoint_stores_numpy_paths_and_dataclasses_as_plain_values(tmp_path):
+    payload = {"lr": np.float32(0.5), "epoch": np.int64(3), "counts": np.array([1, 2]), "where": Path("/a/b.pt"),
+               "nested": {"loss": np.float32(0.25), "files": [Path("x.wav"), np.int32(7)], "shape": (np.int64(2), 3)},
+               "recipe": Recipe(epochs=4), "weights": torch.ones(2)}
+    save_checkpoint(tmp_path / "c.pt", payload)
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert back["lr"] == 0.5 and type(back["lr"]) is float
+    assert back["epoch"] == 3 and type(back["epoch"]) is int
+    assert back["counts"] == [1, 2] and all(type(v) is int for v in back["counts"])
+    assert back["where"] == str(Path("/a/b.pt"))
+    assert back["nested"] == {"loss": 0.25, "files": ["x.wav", 7], "shape": (2, 3)}
+    assert type(back["nested"]["files"][1]) is int and type(back["nested"]["shape"][0]) is int
+    assert back["recipe"] == {**vars(Recipe(epochs=4))} and back["recipe"]["epochs"] == 4
+    assert torch.equal(back["weights"], torch.ones(2))
+    assert isinstance(payload["lr"], np.float32)                         # the caller's payload is left as it was
+    with pytest.raises(TypeError, match=r"checkpoint\['nested'\]\['odd'\] holds a object"):
+        save_checkpoint(tmp_path / "bad.pt", {"fine": 1, "nested": {"odd": object()}})
+    assert not (tmp_path / "bad.pt").exists()
+
+
+@pytest.mark.parametrize("value, plain", [(np.float64(0.25), 0.25), (np.str_("rock"), "rock")],
+                         ids=["float64", "str_"])
+def test_save_checkpoint_converts_numpy_subclasses_of_python_types(tmp_path, value, plain):
+    save_checkpoint(tmp_path / "c.pt", {"value": value, "scores": {"roc_auc": value}})
+    back = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert back == {"value": plain, "scores": {"roc_auc": plain}} and type(back["value"]) is type(plain)
+
+
+def test_load_checkpoint_reads_formats_1_and_2_and_refuses_others(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("cnn1d", n_tags=3)
+    x = torch.randn(2, 48000)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    assert CHECKPOINT_FORMAT == 2
+    for version in (1, 2):
+        save_checkpoint(tmp_path / f"v{version}.pt", {**model_checkpoint(model, "cnn1d", ["a", "b", "c"]),
+                                                       "format": version})
+        loaded, ckpt = load_checkpoint(tmp_path / f"v{version}.pt", device="cpu")
+        assert ckpt["format"] == version
+        with torch.no_grad():
+            assert torch.equal(loaded(x), expected)
+    save_checkpoint(tmp_path / "v99.pt", {**model_checkpoint(model, "cnn1d", ["a", "b", "c"]), "format": 99})
+    with pytest.raises(ValueError, match="format 99"):
+        load_checkpoint(tmp_path / "v99.pt", device="cpu")
+
+
+def test_max_batches_fetches_exactly_that_many_training_batches(tiny_root, monkeypatch):
+    data = TaggedAudio(tiny_root)
+    fetched = {"n": 0}
+    at_validation = []
+    forwards = []
+
+    class CountingCrops(RandomCropDataset):
+        def __getitem__(self, i):
+            fetched["n"] += 1
+            return super().__getitem__(i)
+
+    class Spy(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.input_samples = model, model.input_samples
+
+        def forward(self, x):
+            if self.training:
+                forwards.append(len(x))
+            else:
+                at_validation.append(fetched["n"])
+            return self.model(x)
+
+    monkeypatch.setattr(train, "RandomCropDataset", CountingCrops)
+    recipe = replace(QUICK, max_batches=2, epochs=2, num_workers=0)
+    assert len(RandomCropDataset(data, "train")) >= 3 * recipe.batch_size     # more batches than max_batches
+    history = fit(Spy(_fresh(data)), data, recipe, "cnn1d", progress=False)
+    assert history.epoch == [1, 2]
+    assert forwards == [4, 4, 4, 4]                                     # 2 batches of 4 per epoch
+    assert fetched["n"] == 16                                           # and not one item more
+    # validation runs after each epoch's 8 items and reads no training item
+    assert at_validation and sorted(set(at_validation)) == [8, 16]
+    assert at_validation == sorted(at_validation)
+
+
+def test_a_training_split_smaller_than_a_batch_is_an_error(tiny_root, tmp_path):
+    data = TaggedAudio(tiny_root)
+    n_train = len(data.split_indices("train"))
+    with pytest.raises(ValueError, match=f"gives no batch: the split has {n_train} items, fewer than one batch of 64"):
+        fit(_fresh(data), data, replace(QUICK, batch_size=64), "cnn1d", checkpoint_dir=tmp_path / "ck",
+            progress=False)
+    assert not (tmp_path / "ck" / "last.pt").exists()

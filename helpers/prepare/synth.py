@@ -700,15 +700,17 @@ def prepare_synthetic(root: str | os.PathLike, cfg: SynthConfig = SynthConfig(),
                disable=not progress)
     jobs = ((cfg, [(songs[clips[i].song], clips[i]) for i in b]) for b in batches)
     pool = ProcessPoolExecutor(workers) if workers > 1 and len(batches) > 1 else None
+    written = len(clips) - len(pending)
     try:
         rendered = pool.map(_render_batch, jobs) if pool else map(_render_batch, jobs)
         for batch, audio in zip(batches, rendered):
             for i, y in zip(batch, audio):
                 writer.write(i, y)
             writer.checkpoint()
+            written += len(batch)
             bar.update(len(batch))
             if on_batch is not None:
-                on_batch(bar.n)
+                on_batch(written)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
