@@ -1,5 +1,6 @@
 # Two commands: `make run` (the course on the synthetic dataset, cpu profile)
-# and `make test` (unit tests + every notebook under nbval, ci profile).
+# and `make test` (unit tests + every notebook under nbval, ci profile);
+# `make lab` opens the notebooks in JupyterLab.
 # Both create .venv and install the pinned requirements first.
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 PROFILE ?= cpu
 
-.PHONY: run test install data clean
+.PHONY: run test lab install data clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ test: data
 	COURSE_PROFILE=ci COURSE_RESULTS=$(CURDIR)/output/ci/results.jsonl COURSE_CHECKPOINTS=$(CURDIR)/output/ci/checkpoints \
 		$(PY) -m pytest -p no:cacheprovider tests $(wildcard notebooks/*.ipynb) --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks
 
 clean:
 	rm -rf $(VENV) output
