@@ -65,50 +65,55 @@ def model_table(names: Sequence[str] = MODEL_NAMES, n_tags: int = 50, device: st
     for name in names:
         model_options(name)                    # an unknown name raises ValueError
     device = choose_device(device)
-    dtype = amp_dtype(device, use_amp)
-
-    rows = []
     gen = torch.Generator().manual_seed(0)
+    rows = []
     for name in tqdm(names, desc="models", disable=not progress):
-        model = build_model(name, n_tags=n_tags).to(device)
-        wav = (0.1 * torch.randn(batch_size, model.input_samples, generator=gen)).to(device)
-        target = torch.randint(0, 2, (batch_size, n_tags), generator=gen).float().to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-        scaler = grad_scaler(device, use_amp)
-        criterion = nn.BCEWithLogitsLoss()
-
-        def train_step() -> None:
-            with autocast(device, use_amp):
-                out = model(wav)
-            out = out.float()
-            optimizer_step(criterion(out, target) if isinstance(model, Classifier) else out.square().mean(),
-                           optimizer, scaler)
-
-        def infer_step() -> torch.Tensor:
-            with torch.no_grad(), autocast(device, use_amp):
-                return model(wav)
-
-        model.train()
-        train_s = _timed(train_step, steps, warmup, device)
-        model.eval()
-        out = infer_step()
-        infer_s = _timed(infer_step, steps, warmup, device)
-        rows.append({
-            "name": name,
-            "params": count_parameters(model),
-            "input_samples": model.input_samples,
-            "input_seconds": model.input_seconds,
-            "output_shape": tuple(out.shape),
-            "embedding_dim": model.embedding_dim,
-            "train_clips_per_s": steps * batch_size / train_s,
-            "infer_clips_per_s": steps * batch_size / infer_s,
-            "device": str(device),
-            "batch_size": batch_size,
-            "amp": None if dtype is None else str(dtype).replace("torch.", ""),
-        })
+        rows.append(_measure(name, n_tags, device, batch_size, steps, warmup, use_amp, gen))
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()           # the model of _measure is gone: its memory can be released
     return rows
+
+
+def _measure(name: str, n_tags: int, device: torch.device, batch_size: int, steps: int, warmup: int,
+             use_amp: bool, gen: torch.Generator) -> dict[str, Any]:
+    """One row of :func:`model_table`; everything it allocates is freed when it returns."""
+    dtype = amp_dtype(device, use_amp)
+    model = build_model(name, n_tags=n_tags).to(device)
+    wav = (0.1 * torch.randn(batch_size, model.input_samples, generator=gen)).to(device)
+    target = torch.randint(0, 2, (batch_size, n_tags), generator=gen).float().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    scaler = grad_scaler(device, use_amp)
+    criterion = nn.BCEWithLogitsLoss()
+
+    def train_step() -> None:
+        with autocast(device, use_amp):
+            out = model(wav)
+        out = out.float()
+        optimizer_step(criterion(out, target) if isinstance(model, Classifier) else out.square().mean(),
+                       optimizer, scaler)
+
+    def infer_step() -> torch.Tensor:
+        with torch.no_grad(), autocast(device, use_amp):
+            return model(wav)
+
+    model.train()
+    train_s = _timed(train_step, steps, warmup, device)
+    model.eval()
+    out = infer_step()
+    infer_s = _timed(infer_step, steps, warmup, device)
+    return {
+        "name": name,
+        "params": count_parameters(model),
+        "input_samples": model.input_samples,
+        "input_seconds": model.input_seconds,
+        "output_shape": tuple(out.shape),
+        "embedding_dim": model.embedding_dim,
+        "train_clips_per_s": steps * batch_size / train_s,
+        "infer_clips_per_s": steps * batch_size / infer_s,
+        "device": str(device),
+        "batch_size": batch_size,
+        "amp": None if dtype is None else str(dtype).replace("torch.", ""),
+    }
 
 
 def _timed(step: Callable[[], Any], steps: int, warmup: int, device: torch.device) -> float:

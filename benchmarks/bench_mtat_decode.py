@@ -3,7 +3,7 @@
 Writes ``--clips`` fixture clips of real MTAT length (465,984 samples,
 29.124 s at 16 kHz, MP3 32 kbps CBR like the real files) in MTAT's layout,
 zipped into three parts with an ``annotations_final.csv``, then runs
-:func:`helpers.mtat.prepare_mtat` on them (``source=``: MD5 check, unpack,
+:func:`helpers.prepare.mtat.prepare_mtat` on them (``source=``: MD5 check, unpack,
 decode in worker processes, DatasetWriter) with 1 and 2 worker processes.
 Prints clips/s and the projected time and disk for the clean split
 (21,105 clips). Not a test: the figures depend on the machine and its load.

@@ -23,7 +23,7 @@ matplotlib.use("Agg")          # the command line draws into files (taggrams), n
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .audio import AudioLoadError  # noqa: E402
-from .config import checkpoint_path, choose_device, data_root  # noqa: E402
+from .config import DATASETS, PROFILES, checkpoint_path, choose_device, data_root  # noqa: E402
 from .course.grading import MarkerError, grade, write_student_version  # noqa: E402
 from .course.run import run_notebooks  # noqa: E402
 from .data import SPLITS, DatasetNotReadyError, TaggedAudio  # noqa: E402
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     _mtat_arguments(mtat_parser)
     mtat_parser.set_defaults(func=_prepare_mtat)
     run = sub.add_parser("run", help="execute every notebook and write a results summary")
-    run.add_argument("--profile", default="cpu", choices=("ci", "cpu", "gpu"))
-    run.add_argument("--dataset", default="synthetic", choices=("synthetic", "mtat"))
+    run.add_argument("--profile", default="cpu", choices=tuple(PROFILES))
+    run.add_argument("--dataset", default="synthetic", choices=DATASETS)
     run.add_argument("--notebooks", default="notebooks", help="folder of the notebooks (default notebooks)")
     run.add_argument("--out", default="output", help="folder for executed notebooks and the summary")
     run.add_argument("--timeout", type=int, default=1800, help="time limit per cell in seconds")

@@ -124,11 +124,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], fsync: b
     try:
         write(tmp)
         if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

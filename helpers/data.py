@@ -140,9 +140,11 @@ class RandomCropDataset(Dataset):
 
     Returns ``(waveform, labels)``: float32 ``(chunk_samples,)`` and float32
     ``(n_tags,)``. Clips shorter than a chunk are zero-padded. Crops draw
-    from torch's random generator, which PyTorch seeds in each DataLoader
-    worker from the loader's generator: a seeded DataLoader gives repeatable
-    crops. An empty split is an error.
+    from torch's random generator: the main process's (seeded by
+    :func:`helpers.train.seed_everything`) without DataLoader workers, each
+    worker's (seeded by PyTorch from the loader's generator) with them, so a
+    seeded DataLoader with a given number of workers gives repeatable crops.
+    An empty split is an error.
     """
 
     def __init__(self, data: "TaggedAudio | str | os.PathLike", split: str, chunk_samples: int = 48000) -> None:
@@ -243,7 +245,7 @@ TRIPLET_SAMPLINGS = ("tag", "tag_frequency", "song")
 
 
 class TagFrequencyTripletDataset(TripletDataset):
-    """:class:`helpers.datasets.TripletDataset` with the tag drawn in
+    """:class:`helpers.data.TripletDataset` with the tag drawn in
     proportion to its number of positive clips in the split (instead of
     uniformly): ``P(tag) = n_clips(tag) / sum(n_clips)``. Items are the same:
     anchor, positive, negative waveforms ``(chunk_samples,)`` and the tag index.

@@ -248,7 +248,7 @@ def plot_recall_at_k(results: dict, title: str = "Multi-label Recall@K on the te
 
 def plot_triplet_histories(histories: dict, title: str = "Metric learning: training curves"):
     """Training triplet loss and validation mean Recall@K (mean of R@1/2/4/8)
-    per epoch for several runs (``label -> helpers.train.TripletHistory``)."""
+    per epoch for several runs (``label -> helpers.retrieval.TripletHistory``)."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, h in histories.items():
         ax1.plot(h.epoch, h.train_loss, marker="o", label=label)

@@ -89,9 +89,11 @@ class Recipe:
     amp: bool = False
     seed: int = 0
 
-    #: Fields that may change between two calls of one run: more epochs extend
-    #: a finished run, and the worker count does not change the result.
-    EXTENDABLE: ClassVar[tuple[str, ...]] = ("epochs", "num_workers")
+    #: Fields that may change between two calls of one run: more epochs extend a
+    #: run that ran out of epochs. (The worker count is not one of them: crops
+    #: draw from the main process's random stream without workers and from each
+    #: worker's with them, so it changes the result.)
+    EXTENDABLE: ClassVar[tuple[str, ...]] = ("epochs",)
 
     def for_profile(self, profile: str, **changes: Any) -> "Recipe":
         """This recipe with the epochs, batch caps and workers of a profile."""
@@ -183,8 +185,9 @@ def _loadable(value: Any, where: str = "checkpoint") -> Any:
     if hasattr(value, "__dataclass_fields__") and not isinstance(value, type):
         return _loadable(asdict(value), where)
     if isinstance(value, dict):
+        keys = [k.item() if isinstance(k, np.generic) else k for k in value]
         return {(k if isinstance(k, (str, int)) else str(k)): _loadable(v, f"{where}[{k!r}]")
-                for k, v in value.items()}
+                for k, v in zip(keys, value.values())}
     if isinstance(value, (list, tuple)):
         items = [_loadable(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
@@ -245,6 +248,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
 def _batches(loader: DataLoader, max_batches: int | None, what: str) -> Iterator:
     """The first ``max_batches`` batches of ``loader`` (all with ``None``),
     never fetching one more; an empty loader is an error naming ``what``."""
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be at least 1 (or None for every batch), got {max_batches}")
     if len(loader) == 0:
         raise ValueError(f"{what} gives no batch: the split has {len(loader.dataset)} items, fewer than one batch "
                          f"of {loader.batch_size}; lower the batch size or use a larger split")
@@ -509,9 +514,11 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
     schedule, the gradient scaler, the history and every random state
     (:func:`_random_states`); each epoch creates its DataLoader iterator
     anew (no persistent workers), so the worker seeds are drawn from the
-    restored generator and a resumed run, with or without DataLoader workers,
-    gives on the CPU the same model as an uninterrupted one (on a GPU, within
-    its non-determinism). A finished run called with more epochs continues.
+    restored generator and a resumed run (with the same number of DataLoader
+    workers, none or some) gives on the CPU the same model as an
+    uninterrupted one (on a GPU, within its non-determinism). A run that ran
+    out of epochs continues when called with more; one stopped by its
+    stopping rules stays stopped.
     At the end the model holds the weights of its best epoch.
     """
     optimizer = make_optimizer(model, recipe)

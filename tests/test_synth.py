@@ -281,3 +281,26 @@ def test_open_dataset_makes_a_stale_synthetic_set_again(tmp_path, capsys, versio
     assert data.meta["generator_version"] == GENERATOR_VERSION
     assert digest(root) == reference
     assert np.array_equal(data.waveform(0), TaggedAudio(tmp_path / "ref").waveform(0))
+
+
+def test_an_interrupted_preparation_of_another_generator_version_starts_over(tmp_path, monkeypatch):
+    """A folder left half-written by another generator version is not resumed
+    (that would mix two generators' clips in one dataset): it starts over."""
+    written = []
+
+    def stop_after_first_batch(clips_written):
+        written.append(clips_written)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_synthetic(tmp_path / "ds", KILLABLE, workers=1, progress=False, on_batch=stop_after_first_batch)
+    monkeypatch.setattr(synth, "GENERATOR_VERSION", GENERATOR_VERSION + 1)
+    prepare_synthetic(tmp_path / "ds", KILLABLE, workers=1, progress=False, on_batch=written.append)
+    assert written == [16, 16, 32, 48]              # the second run began at clip 0, not at clip 16
+    assert TaggedAudio(tmp_path / "ds").meta["generator_version"] == GENERATOR_VERSION + 1
+    written.clear()
+    monkeypatch.setattr(synth, "GENERATOR_VERSION", GENERATOR_VERSION)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_synthetic(tmp_path / "again", KILLABLE, workers=1, progress=False, on_batch=stop_after_first_batch)
+    prepare_synthetic(tmp_path / "again", KILLABLE, workers=1, progress=False, on_batch=written.append)
+    assert written == [16, 32, 48]                  # the same version resumes after the first batch

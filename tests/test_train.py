@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from helpers import train
+from helpers.config import PROFILES, choose_profile
 from helpers.data import ChunkDataset, RandomCropDataset, TaggedAudio
 from helpers.models import build_model
-from helpers.config import PROFILES, choose_profile
 from helpers.train import (CHECKPOINT_FORMAT, HOMEWORK_RECIPE, Recipe, TrainingDivergedError, embed_clips, evaluate,
                            fit, load_checkpoint, model_checkpoint, predict, save_checkpoint)
 
@@ -288,3 +288,30 @@ def test_a_training_split_smaller_than_a_batch_is_an_error(tiny_root, tmp_path):
         fit(_fresh(data), data, replace(QUICK, batch_size=64), "cnn1d", checkpoint_dir=tmp_path / "ck",
             progress=False)
     assert not (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_numpy_keys_are_converted_so_the_checkpoint_loads(tmp_path):
+    save_checkpoint(tmp_path / "k.pt", {"per_tag": {np.str_("rock"): 0.5}, "by_index": {np.int64(3): "x"}})
+    loaded = torch.load(tmp_path / "k.pt", weights_only=True)
+    assert loaded == {"per_tag": {"rock": 0.5}, "by_index": {3: "x"}}
+    assert type(next(iter(loaded["by_index"]))) is int
+
+
+def test_max_batches_below_one_is_a_clear_error(tiny_root):
+    data = TaggedAudio(tiny_root)
+    with pytest.raises(ValueError, match="max_batches must be at least 1"):
+        fit(build_model("cnn1d", n_tags=len(data.tags)), data, replace(QUICK, max_batches=0), "cnn1d",
+            progress=False)
+
+
+def test_another_worker_count_is_another_run(tiny_root, tmp_path):
+    """Crops draw from the main process's random stream without workers and
+    from the workers' with them: resuming with another worker count would
+    match neither run, so it is refused."""
+    data = TaggedAudio(tiny_root)
+    one_epoch = replace(QUICK, epochs=1, max_batches=2)
+    fit(build_model("cnn1d", n_tags=len(data.tags)), data, one_epoch, "cnn1d", checkpoint_dir=tmp_path / "ck",
+        progress=False)
+    with pytest.raises(ValueError, match="another run"):
+        fit(build_model("cnn1d", n_tags=len(data.tags)), data, replace(one_epoch, epochs=2, num_workers=1), "cnn1d",
+            checkpoint_dir=tmp_path / "ck", progress=False)

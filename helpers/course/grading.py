@@ -6,7 +6,7 @@ by ``# YOUR CODE HERE`` and ``raise NotImplementedError`` (at the block's
 indentation) and clears the outputs of the exercise cells and of every cell
 after the first exercise. :func:`grade` executes submitted notebooks in the
 ``ci`` profile in a fresh kernel, collects the verdicts of the
-:mod:`helpers.checks` self-check cells and the metrics the notebook recorded,
+:mod:`helpers.course.checks` self-check cells and the metrics the notebook recorded,
 and writes one CSV row per submission.
 """
 from __future__ import annotations

@@ -692,7 +692,7 @@ def prepare_synthetic(root: str | os.PathLike, cfg: SynthConfig = SynthConfig(),
     infos = [ClipInfo(f"song{c.song:04d}_clip{c.clip}", s, f"song{c.song:04d} ({c.style})")
              for c, s in zip(clips, splits)]
     writer = DatasetWriter(root, "synthetic", TAGS, int(round(cfg.clip_seconds * SAMPLE_RATE)), infos, labels,
-                           SAMPLE_RATE, overwrite=overwrite)
+                           SAMPLE_RATE, overwrite=overwrite, source={"generator_version": GENERATOR_VERSION})
     pending = writer.pending()
     batches = [pending[i:i + 16] for i in range(0, len(pending), 16)]
     workers = workers or min(2, os.cpu_count() or 1)

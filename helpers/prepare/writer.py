@@ -51,6 +51,10 @@ class DatasetWriter:
     clips still to write. A folder with other contents is an error unless
     ``overwrite=True``.
 
+    ``source`` describes what produces the audio (e.g. the synthetic
+    generator's version): an interrupted folder is resumed only by a writer
+    with the same source, so that one dataset never mixes two generators.
+
     Usage::
 
         w = DatasetWriter(root, "synthetic", tags, clip_samples, clips, labels)
@@ -62,7 +66,7 @@ class DatasetWriter:
 
     def __init__(self, root: str | os.PathLike, name: str, tags: Sequence[str], clip_samples: int,
                  clips: Sequence[ClipInfo], labels: np.ndarray, sample_rate: int = SAMPLE_RATE,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, source: dict | None = None) -> None:
         self.root = Path(root)
         self.name, self.tags = name, list(tags)
         self.clip_samples, self.sample_rate = int(clip_samples), int(sample_rate)
@@ -83,7 +87,7 @@ class DatasetWriter:
             (self.root / "meta.json").unlink()
         plan = {"format_version": FORMAT_VERSION, "name": name, "tags": self.tags,
                 "clip_samples": self.clip_samples, "sample_rate": self.sample_rate,
-                "clip_ids": [c.clip_id for c in self.clips]}
+                "clip_ids": [c.clip_id for c in self.clips], "source": source or {}}
         plan_path = self.root / "plan.json"
         audio_path = self.root / "audio.npy"
         progress_path = self.root / "progress.npy"
