@@ -42,3 +42,14 @@ def test_model_table_rejects_bad_settings():
         model_table(["cnn1d"], batch_size=1)
     with pytest.raises(ValueError, match="valid names"):
         model_table(["nope"])
+
+
+def test_gpu_plan_counts_the_training_flops_of_figure_1():
+    """Figure 1's convolutions by hand: 2 * k * k * c_in * c_out * h * w per
+    layer forward, about three times that for a training step (forward, and
+    the gradients of the input and of the weights)."""
+    from bench_gpu_plan import training_flops_per_clip
+
+    shapes = [(1, 64, 96, 188), (64, 128, 24, 47), (128, 128, 8, 15), (128, 64, 2, 5)]
+    forward = sum(2 * 9 * c_in * c_out * h * w for c_in, c_out, h, w in shapes) + 2 * 64 * 50
+    assert training_flops_per_clip("cnn2d") == pytest.approx(3 * forward, rel=0.05)
