@@ -29,7 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-__all__ = ["SAMPLE_RATE", "PROFILES", "DATASETS", "REPO", "tqdm", "choose_profile", "choose_dataset",
+__all__ = ["SAMPLE_RATE", "PROFILES", "usable_cpus", "DATASETS", "REPO", "tqdm", "choose_profile", "choose_dataset",
            "choose_device", "choose_progress", "data_root", "results_path", "checkpoint_path", "atomic_write"]
 
 #: Sample rate (Hz) of every waveform in the course: datasets, models, tagging.
@@ -38,13 +38,19 @@ SAMPLE_RATE = 16000
 #: The repository (the parent of ``helpers/``).
 REPO = Path(__file__).resolve().parent.parent
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (Colab's GPU runtimes have 2)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 #: Run profiles. ``ci``: seconds per notebook (a few batches), for nbval.
 #: ``cpu``: the default without a GPU, the course in minutes on 2 cores.
-#: ``gpu``: the full recipe on MagnaTagATune.
+#: ``gpu``: the full recipe on MagnaTagATune, with as many DataLoader workers
+#: as the machine has CPUs, up to 4 (more draw a warning from PyTorch).
 PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"epochs": 1, "max_batches": 2, "batch_size": 16, "num_workers": 0},
     "cpu": {"epochs": 8, "max_batches": None, "batch_size": 16, "num_workers": 0},
-    "gpu": {"epochs": 30, "max_batches": None, "batch_size": 16, "num_workers": 4},
+    "gpu": {"epochs": 30, "max_batches": None, "batch_size": 16, "num_workers": min(4, usable_cpus())},
 }
 
 #: The datasets a notebook can run on.

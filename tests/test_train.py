@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from helpers import train
-from helpers.config import PROFILES, choose_profile
+from helpers.config import PROFILES, choose_profile, usable_cpus
 from helpers.data import ChunkDataset, RandomCropDataset, TaggedAudio
 from helpers.models import build_model
 from helpers.train import (CHECKPOINT_FORMAT, HOMEWORK_RECIPE, Recipe, TrainingDivergedError, embed_clips, evaluate,
@@ -315,3 +315,12 @@ def test_another_worker_count_is_another_run(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="another run"):
         fit(build_model("cnn1d", n_tags=len(data.tags)), data, replace(one_epoch, epochs=2, num_workers=1), "cnn1d",
             checkpoint_dir=tmp_path / "ck", progress=False)
+
+
+def test_the_gpu_profile_asks_for_no_more_workers_than_cpus():
+    """PyTorch warns when a DataLoader has more workers than the CPUs it may
+    use (Colab's GPU runtimes have 2)."""
+    from helpers.config import usable_cpus
+
+    assert 1 <= PROFILES["gpu"]["num_workers"] == min(4, usable_cpus())
+    assert Recipe().for_profile("gpu").num_workers == PROFILES["gpu"]["num_workers"]
