@@ -26,6 +26,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -298,6 +299,37 @@ class SongTripletDataset(TripletDataset):
         j = int(torch.randint(len(self.song) - len(self.members[song]), ()))
         n = int(np.flatnonzero(self.song != song)[j])
         return a, p, n, song
+
+
+def songs_with_several_clips(data: TaggedAudio, split: str) -> int:
+    """How many songs (see :func:`song_of`) have two clips or more in
+    ``split``: song triplets need at least one (and two songs)."""
+    songs = [song_of(data.clips[int(r)]["origin"]) for r in data.split_indices(split)]
+    counts: dict[str, int] = {}
+    for song in songs:
+        counts[song] = counts.get(song, 0) + 1
+    return sum(1 for n in counts.values() if n >= 2) if len(counts) >= 2 else 0
+
+
+def example_clips(data: TaggedAudio, wanted: Sequence[str], split: str = "test") -> list[tuple[str, int]]:
+    """One clip of ``split`` for each tag of ``wanted``, as ``(tag, row)``
+    pairs in order: the first clip that carries the tag. A wanted tag that the
+    dataset lacks, or that no clip of the split carries, is replaced by the
+    most frequent tag of the split that is neither wanted nor used yet (compare
+    the tags returned with ``wanted`` to say so)."""
+    rows = data.split_indices(split)
+    counts = data.labels[rows].sum(0)
+    by_frequency = [data.tags[j] for j in np.argsort(-counts, kind="stable") if counts[j] > 0]
+    chosen: list[tuple[str, int]] = []
+    for tag in wanted:
+        if tag not in by_frequency:
+            spare = [t for t in by_frequency if t not in wanted and t not in dict(chosen)]
+            if not spare:
+                continue
+            tag = spare[0]
+        j = data.tags.index(tag)
+        chosen.append((tag, next(int(r) for r in rows if data.labels[r, j])))
+    return chosen
 
 
 def triplet_dataset(data: TaggedAudio, split: str, chunk_samples: int = 48000,

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.data import ChunkDataset, DatasetNotReadyError, RandomCropDataset, TaggedAudio, TripletDataset, chunk_starts
+from helpers.data import (ChunkDataset, DatasetNotReadyError, RandomCropDataset, TaggedAudio, TripletDataset, chunk_starts,
+                          example_clips, songs_with_several_clips)
 from helpers.prepare.writer import ClipInfo, DatasetWriter
 
 TAGS = ["a", "b", "c"]
@@ -156,3 +157,25 @@ def test_a_split_without_clips_is_a_clear_error(tmp_path, make):
     with pytest.raises(ValueError, match="the 'valid' split of the dataset at .* has no clips"):
         make(TaggedAudio(root), "valid", 500)
     assert len(make(TaggedAudio(root), "test", 500)) >= 1                # a split with one clip is fine
+
+
+def _toy(root):
+    w = small_writer(root)
+    for i in w.pending():
+        w.write(i, np.full(1000, 0.01 * (i + 1), dtype=np.float32))
+    w.finalize()
+    return TaggedAudio(root)
+
+
+def test_example_clips_replace_a_tag_the_split_lacks_and_say_which(tmp_path):
+    d = _toy(tmp_path / "ds")                 # train clips 0, 1, 4: a on 0 and 1, b on 1, c on 4
+    assert example_clips(d, ["b", "a"], "train") == [("b", 1), ("a", 0)]
+    # "rock" is no tag of the dataset and no valid clip carries "a": the most frequent spare tags stand in
+    assert example_clips(d, ["rock", "a"], "valid") == [("b", 2), ("c", 2)]
+    assert example_clips(d, ["a", "b", "c", "rock"], "test") == [("a", 3), ("c", 3)]   # nothing left for b, rock
+
+
+def test_songs_with_several_clips_counts_what_song_triplets_need(tmp_path):
+    d = _toy(tmp_path / "ds")                 # songs: clips 0-1 song0, 2-3 song1, 4 song2
+    assert songs_with_several_clips(d, "train") == 1          # song0 (clips 0, 1); song2 has one train clip
+    assert songs_with_several_clips(d, "valid") == 0          # one song only
