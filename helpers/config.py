@@ -15,6 +15,7 @@ This module imports nothing of the course, so every other module can import it.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-__all__ = ["SAMPLE_RATE", "PROFILES", "usable_cpus", "DATASETS", "REPO", "tqdm", "choose_profile", "choose_dataset",
+__all__ = ["SAMPLE_RATE", "PROFILES", "usable_cpus", "DATASETS", "REPO", "REPO_URL", "DRIVE_FOLDER", "in_colab",
+           "runtime_root", "tqdm", "choose_profile", "choose_dataset",
            "choose_device", "choose_progress", "data_root", "results_path", "checkpoint_path", "atomic_write"]
 
 #: Sample rate (Hz) of every waveform in the course: datasets, models, tagging.
@@ -55,6 +57,24 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 #: The datasets a notebook can run on.
 DATASETS = ("synthetic", "mtat")
+
+#: Where the course lives (the notebooks' first cell clones it in Colab).
+REPO_URL = "https://github.com/mir-course/music-auto-tagging"
+#: The course's folder on a student's Google Drive: what outlives a Colab
+#: runtime (the MTAT download, results, checkpoints).
+DRIVE_FOLDER = "music-auto-tagging"
+
+
+def in_colab() -> bool:
+    """Whether this process is a Colab runtime (Colab imports ``google.colab``
+    in every kernel it starts)."""
+    return "google.colab" in sys.modules
+
+
+def runtime_root() -> Path:
+    """The runtime's own folder: ``/content`` in Colab (``$COURSE_RUNTIME_ROOT``
+    overrides it, for tests that play Colab)."""
+    return Path(os.environ.get("COURSE_RUNTIME_ROOT") or "/content")
 
 
 def choose_profile(profile: str | None = None) -> str:

@@ -1,0 +1,62 @@
+"""The Colab path, played here: every notebook 00 -> 06 runs in a fresh
+"runtime" (a new kernel, a new empty runtime folder with its own clone of the
+course, no data, no results, no checkpoints) where ``google.colab`` is a
+stand-in whose Drive is a folder shared by the runtimes. What one notebook
+records (results, the best model) must reach the next ones through Drive.
+
+The course is cloned from this repository's committed HEAD (as Colab clones
+the published one): run it on committed work (CI runs on a fresh clone).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from helpers.course.run import LocalKernelManager
+
+REPO = Path(__file__).resolve().parents[1]
+STUB = Path(__file__).resolve().parent / "colab_stub"
+
+
+def _committed() -> bool:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode == 0
+
+
+def test_every_notebook_in_its_own_fresh_colab_runtime_with_state_on_drive(tmp_path, monkeypatch):
+    assert _committed(), "the Colab test clones the repository's HEAD: run it in a git checkout"
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    for key in ("COURSE_RESULTS", "COURSE_CHECKPOINTS", "COURSE_DATA"):
+        monkeypatch.delenv(key, raising=False)         # in Colab only setup() decides where things go
+    monkeypatch.setenv("PYTHONPATH", str(STUB))       # the kernel imports the stand-in google.colab
+    monkeypatch.setenv("COLAB_STUB_DRIVE", str(drive))
+    monkeypatch.setenv("COURSE_REPO_URL", REPO.as_uri())
+    monkeypatch.setenv("COURSE_PROFILE", "ci")
+    monkeypatch.setenv("COURSE_DATASET", "synthetic")
+    monkeypatch.setenv("COURSE_PROGRESS", "0")
+    monkeypatch.setenv("COURSE_SYNTHETIC_SONGS", "40")  # 160 clips: seconds to generate in each runtime
+    outputs = {}
+    for k, path in enumerate(sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))):
+        runtime = tmp_path / f"runtime{k}"
+        runtime.mkdir()
+        monkeypatch.setenv("COURSE_RUNTIME_ROOT", str(runtime))
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, kernel_manager_class=LocalKernelManager, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(runtime)}}).execute()
+        outputs[path.name[:2]] = "\n".join(o.get("text", "") + "".join(o.get("data", {}).get("text/plain", ""))
+                                           for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert (runtime / "music-auto-tagging" / "notebooks" / path.name).is_file()   # it ran from its own clone
+        assert not (runtime / "music-auto-tagging" / "output").exists()              # state went to Drive
+    state = drive / "music-auto-tagging"
+    records = [json.loads(line) for line in (state / "output" / "results.jsonl").read_text().splitlines()]
+    assert {r["notebook"] for r in records} == {"01", "02", "03", "04", "05"}
+    assert (state / "checkpoints" / "synthetic" / "best.pt").is_file()
+    assert "1D CNN (homework recipe)" in outputs["02"] and "2D CNN (Figure 1, homework recipe)" in outputs["03"]
+    assert "1D CNN (homework recipe)" in outputs["05"]            # the course table saw notebook 01's result
+    assert "best.pt" in outputs["06"] or "tuned" in outputs["06"]
+    assert os.listdir(drive) == ["music-auto-tagging"]
