@@ -15,6 +15,8 @@ import subprocess
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import soundfile as sf
 from nbclient import NotebookClient
 
 from helpers.course.run import LocalKernelManager
@@ -40,6 +42,10 @@ def test_every_notebook_in_its_own_fresh_colab_runtime_with_state_on_drive(tmp_p
     monkeypatch.setenv("COURSE_DATASET", "synthetic")
     monkeypatch.setenv("COURSE_PROGRESS", "0")
     monkeypatch.setenv("COURSE_SYNTHETIC_SONGS", "40")  # 160 clips: seconds to generate in each runtime
+    song = tmp_path / "my song.wav"                     # what the student uploads in notebook 06
+    t = np.arange(7 * 44100) / 44100
+    sf.write(song, np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], 1), 44100)
+    monkeypatch.setenv("COLAB_STUB_UPLOAD", str(song))
     outputs = {}
     for k, path in enumerate(sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))):
         runtime = tmp_path / f"runtime{k}"
@@ -58,5 +64,6 @@ def test_every_notebook_in_its_own_fresh_colab_runtime_with_state_on_drive(tmp_p
     assert (state / "checkpoints" / "synthetic" / "best.pt").is_file()
     assert "1D CNN (homework recipe)" in outputs["02"] and "2D CNN (Figure 1, homework recipe)" in outputs["03"]
     assert "1D CNN (homework recipe)" in outputs["05"]            # the course table saw notebook 01's result
-    assert "best.pt" in outputs["06"] or "tuned" in outputs["06"]
+    assert "checkpoints/synthetic/best.pt: tuned 2D CNN" in outputs["06"]     # 03's model, read from Drive
+    assert "file: my song.wav" in outputs["06"]                              # the upload was tagged
     assert os.listdir(drive) == ["music-auto-tagging"]
