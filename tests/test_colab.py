@@ -64,7 +64,7 @@ def test_every_notebook_in_its_own_fresh_colab_runtime_with_state_on_drive(tmp_p
     assert (state / "checkpoints" / "synthetic" / "best.pt").is_file()
     assert "1D CNN (homework recipe)" in outputs["02"] and "2D CNN (Figure 1, homework recipe)" in outputs["03"]
     assert "1D CNN (homework recipe)" in outputs["05"]            # the course table saw notebook 01's result
-    assert "MyDrive/music-auto-tagging/checkpoints/synthetic/best.pt: tuned 2D CNN" in outputs["06"]  # 03's, via Drive
-    assert "saved by notebook 03" in outputs["06"]
-    assert "file: my song.wav" in outputs["06"]                              # the upload was tagged
+    assert "drive/MyDrive/music-auto-tagging/checkpoints/synthetic/best.pt: cnn2d_tuned" in outputs["06"]
+    assert "saved by notebook 03" in outputs["06"]                 # the tuned CNN of 03 reached 06 through Drive
+    assert "file: notebooks/my song.wav" in outputs["06"] and "my song.wav (7.0 s" in outputs["06"]  # uploaded, tagged
     assert os.listdir(drive) == ["music-auto-tagging"]
