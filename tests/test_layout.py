@@ -149,3 +149,17 @@ def test_notebooks_import_only_the_core_config_and_course():
                 bad += [f"{path.name}: {n}" for n in names
                         if n and n.startswith("helpers") and ".".join(n.split(".")[:2]) not in allowed]
     assert not bad, "\n".join(bad)
+
+
+def test_the_course_url_is_the_same_everywhere():
+    """The notebooks' first cell needs the URL before helpers is importable,
+    so it is written there too: it must be helpers.config.REPO_URL, as in the
+    README's Open-in-Colab links."""
+    from helpers.config import REPO_URL
+
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        first_code = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert f'"{REPO_URL}"' in first_code.source, path.name
+    github = REPO_URL.removeprefix("https://github.com/")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert readme.count(f"colab.research.google.com/github/{github}/blob/main/notebooks/") == 7
