@@ -64,9 +64,10 @@ def _mtat_arguments(parser: argparse.ArgumentParser) -> None:
                              "a folder on Google Drive keeps them across Colab runtimes")
     parser.add_argument("--mp3-dir", type=Path, default=None,
                         help="where to unpack the mp3 files (default: data/mtat_mp3, or $COURSE_DATA/mtat_mp3)")
-    parser.add_argument("--base-url", default=mtat.BASE_URL, help=f"where to download from (default: {mtat.BASE_URL})")
-    parser.add_argument("--md5-file", type=Path, default=mtat.MD5_FILE,
-                        help="checksums, lines `md5  filename` (default: data/mtat_md5.txt)")
+    parser.add_argument("--base-url", default=None,
+                        help=f"where to download from (default: $COURSE_MTAT_URL, else {mtat.BASE_URL})")
+    parser.add_argument("--md5-file", type=Path, default=None,
+                        help="checksums, lines `md5  filename` (default: $COURSE_MTAT_MD5, else data/mtat_md5.txt)")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: the CPU count, at most 8; 0 decodes in this process)")
     parser.add_argument("--clip-samples", type=int, default=mtat.CLIP_SAMPLES,
@@ -86,7 +87,8 @@ def _prepare_mtat(args: argparse.Namespace) -> int:
     try:
         meta = mtat.prepare_mtat(args.root, split=args.split, download_dir=args.download_dir, source=args.source,
                                  mp3_dir=args.mp3_dir, base_url=args.base_url,
-                                 checksums=mtat.read_md5_file(args.md5_file), workers=args.workers,
+                                 checksums=mtat.read_md5_file(args.md5_file) if args.md5_file else None,
+                                 workers=args.workers,
                                  clip_samples=args.clip_samples, overwrite=args.overwrite,
                                  progress=not args.no_progress, retries=args.retries, backoff=args.backoff,
                                  timeout=args.timeout)

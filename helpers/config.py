@@ -31,8 +31,9 @@ with warnings.catch_warnings():
     from tqdm.auto import tqdm
 
 __all__ = ["SAMPLE_RATE", "PROFILES", "usable_cpus", "DATASETS", "REPO", "REPO_URL", "DRIVE_FOLDER", "in_colab",
-           "runtime_root", "tqdm", "choose_profile", "choose_dataset",
-           "choose_device", "choose_progress", "data_root", "results_path", "checkpoint_path", "atomic_write"]
+           "runtime_root", "tqdm", "choose_profile", "choose_dataset", "MTAT_SPLITS", "choose_mtat_split",
+           "choose_device", "choose_progress", "data_root", "results_path", "checkpoint_path", "runs_folder",
+           "atomic_write"]
 
 #: Sample rate (Hz) of every waveform in the course: datasets, models, tagging.
 SAMPLE_RATE = 16000
@@ -94,6 +95,22 @@ def choose_dataset(name: str | None = None) -> str:
     return name
 
 
+#: MagnaTagATune's splits (see :mod:`helpers.prepare.mtat`): ``clean``, Won et
+#: al.'s (15,244 / 1,529 / 4,332 clips, about 20 GB prepared), and
+#: ``homework``, the homework's smaller one (6,206 / 1,529 / 1,339 clips,
+#: about 8.5 GB: the quick option).
+MTAT_SPLITS = ("clean", "homework")
+
+
+def choose_mtat_split(split: str | None = None) -> str:
+    """MagnaTagATune's split: ``split`` if given, else ``$COURSE_MTAT_SPLIT``,
+    else ``clean``."""
+    split = split or os.environ.get("COURSE_MTAT_SPLIT") or "clean"
+    if split not in MTAT_SPLITS:
+        raise ValueError(f"unknown MTAT split {split!r}: choose one of {list(MTAT_SPLITS)}")
+    return split
+
+
 def choose_device(device: str | torch.device | None = None) -> torch.device:
     """``device`` if given, else CUDA when present, else the CPU."""
     if device is not None:
@@ -133,6 +150,17 @@ def checkpoint_path(name: str, dataset: str = "synthetic") -> Path:
     used by notebook 06 and ``python -m helpers tag``."""
     base = Path(os.environ.get("COURSE_CHECKPOINTS") or REPO / "checkpoints")
     return base / dataset / f"{name}.pt"
+
+
+def runs_folder(dataset: str = "synthetic") -> Path:
+    """Where the notebooks' training runs keep their checkpoints, one folder
+    per run (``runs_dir`` of :func:`helpers.train.fit`), so that a rerun cell
+    resumes or loads its run: ``runs/`` beside the checkpoints of ``dataset``
+    (see :func:`checkpoint_path`; on Drive in Colab), or
+    ``$COURSE_RUNS/<dataset>`` when set (``python -m helpers run`` keeps a
+    recorded run's own)."""
+    base = os.environ.get("COURSE_RUNS")
+    return Path(base) / dataset if base else checkpoint_path("runs", dataset).with_suffix("")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], fsync: bool = False) -> Path:

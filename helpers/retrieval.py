@@ -22,7 +22,7 @@ from .config import choose_device
 from .data import ChunkDataset, TaggedAudio, triplet_dataset
 from .metrics import recall_at_ks
 from .train import (HOMEWORK_RECIPE, BatchLoss, EpochRecord, Recipe, RunCheckpoints, autocast, embed_clips,
-                    embedding_of, model_checkpoint, seed_everything, train_epochs, training_loader)
+                    embedding_of, model_checkpoint, run_identity, seed_everything, train_epochs, training_loader)
 
 __all__ = ["DISTANCES", "triplet_loss", "similarity_matrix", "evaluate_retrieval", "TripletHistory", "fit_triplet"]
 
@@ -151,7 +151,8 @@ class TripletHistory(EpochRecord):
 
 def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, model_name: str = "model",
                 model_options: dict | None = None, checkpoint_dir: str | Path | None = None,
-                resume: bool = True, device: str | torch.device | None = None, progress: bool = True,
+                runs_dir: str | Path | None = None, resume: bool = True,
+                device: str | torch.device | None = None, progress: bool = True,
                 margin: float = 0.4, distance: str = "cosine", sampling: str = "tag",
                 embedding: str = "output", hard_negatives: float | None = None) -> TripletHistory:
     """Train ``model`` as an embedder with a triplet loss (metric learning).
@@ -165,7 +166,7 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
     ``embedding``. After every epoch the validation Recall@1/2/4/8
     (:func:`evaluate_retrieval`, same ``distance`` and ``embedding``) is
     measured; its mean selects the best epoch and drives ReduceLROnPlateau
-    (mode max). Stopping rules, checkpoints (``last.pt`` to resume,
+    (mode max). Stopping rules, checkpoints (``checkpoint_dir`` or ``runs_dir``: ``last.pt`` to resume,
     ``best.pt`` a model checkpoint with ``trained_as='embedder'``), exact
     resume and the NaN stop are those of :func:`helpers.train.fit`. At the
     end the model holds the weights of its best epoch.
@@ -173,13 +174,14 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}: use one of {DISTANCES}")
     embed = embedding_of(model, embedding)
+    loss_spec = {"margin": margin, "distance": distance, "sampling": sampling, "embedding": embedding,
+                 "hard_negatives": hard_negatives}
+    identity = run_identity(model, data, recipe, model_name, model_options, loss=loss_spec)
     device = choose_device(device)
     generator = seed_everything(recipe.seed)
     model.to(device)
     chunk = getattr(model, "input_samples", 48000)
     loader = training_loader(triplet_dataset(data, "train", chunk, sampling), recipe, generator, device)
-    loss_spec = {"margin": margin, "distance": distance, "sampling": sampling, "embedding": embedding,
-                 "hard_negatives": hard_negatives}
 
     def step(batch: tuple) -> BatchLoss:
         a, p, n, keys = batch
@@ -199,8 +201,7 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
                                 valid_recall=values["valid_recall"], trained_as="embedder", loss=loss_spec,
                                 dataset_tags=data.tags, dataset=data.meta.get("name", ""))
 
-    checkpoints = RunCheckpoints(Path(checkpoint_dir) if checkpoint_dir else None,
-                                 {"model_name": model_name, "recipe": recipe.identity(), "loss": loss_spec}, resume)
+    checkpoints = RunCheckpoints.for_run(identity, checkpoint_dir, runs_dir, resume)
     return train_epochs(model, recipe, name=model_name, loader=loader, generator=generator, step=step,
                         validate=validate, history=TripletHistory(), checkpoints=checkpoints,
                         best_payload=best_payload, device=device, progress=progress, loss_name="triplet loss")

@@ -15,6 +15,10 @@ Predictions are made per chunk and averaged per clip (:func:`predict`,
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -37,7 +41,9 @@ __all__ = ["CHECKPOINT_FORMAT", "TrainingDivergedError", "seed_everything", "Rec
            "amp_dtype", "autocast", "grad_scaler", "optimizer_step", "make_optimizer",
            "save_checkpoint", "model_checkpoint", "load_checkpoint",
            "ClipOutputs", "predict", "embed_clips", "embedding_of", "EMBEDDING_LAYERS", "evaluate",
-           "EpochRecord", "History", "BatchLoss", "RunCheckpoints", "train_epochs", "training_loader", "fit"]
+           "EpochRecord", "History", "BatchLoss", "data_fingerprint", "architecture_fingerprint", "run_identity",
+           "RunCheckpoints", "train_epochs", "training_loader", "TrainingTime", "format_duration",
+           "estimate_training_time", "fit"]
 
 #: Version of what the course's checkpoints hold. 2 added the random states
 #: of a resumable run (``last.pt``); model checkpoints of version 1 hold the
@@ -248,12 +254,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
 def _batches(loader: DataLoader, max_batches: int | None, what: str) -> Iterator:
     """The first ``max_batches`` batches of ``loader`` (all with ``None``),
     never fetching one more; an empty loader is an error naming ``what``."""
+    _check_batches(loader, max_batches, what)
+    return islice(loader, max_batches)
+
+
+def _check_batches(loader: DataLoader, max_batches: int | None, what: str) -> None:
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be at least 1 (or None for every batch), got {max_batches}")
     if len(loader) == 0:
         raise ValueError(f"{what} gives no batch: the split has {len(loader.dataset)} items, fewer than one batch "
                          f"of {loader.batch_size}; lower the batch size or use a larger split")
-    return islice(loader, max_batches)
 
 
 @dataclass
@@ -444,21 +454,69 @@ def _restore_random_states(states: dict[str, Any], generator: torch.Generator) -
     generator.set_state(states["generator"])
 
 
+def _digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def data_fingerprint(data: TaggedAudio) -> str:
+    """A digest of what a run trains and is selected on: the dataset's name,
+    tags, clip length and generator, and every clip's id, split, length and
+    labels (not the audio: 20 GB for MTAT). The same on every preparation of
+    the same data, so that a run resumes in a new Colab runtime."""
+    h = hashlib.sha1(json.dumps({k: data.meta.get(k) for k in ("name", "tags", "sample_rate", "clip_samples",
+                                                                "split_rule", "generator_version")},
+                                sort_keys=True).encode())
+    h.update("\n".join(f"{c['clip_id']},{c['split']},{c['n_samples']}" for c in data.clips).encode())
+    h.update(np.ascontiguousarray(data.labels).tobytes())
+    return h.hexdigest()[:16]
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """A digest of a model's layers: the name and shape of every tensor of its
+    state dict (two models with the same fingerprint can load each other's
+    weights)."""
+    return _digest([(k, list(v.shape)) for k, v in model.state_dict().items()])[:16]
+
+
+def run_identity(model: nn.Module, data: TaggedAudio, recipe: "Recipe", model_name: str,
+                 model_options: dict | None, **extra: Any) -> dict[str, Any]:
+    """What identifies a training run: the model (name, options, layers), the
+    recipe (all but :attr:`Recipe.EXTENDABLE`), the data and ``extra`` (a
+    loss's settings). A run resumes only from a ``last.pt`` of the same
+    identity."""
+    return {"model_name": model_name, "model_options": dict(model_options or {}),
+            "architecture": architecture_fingerprint(model), "recipe": recipe.identity(),
+            "data": data_fingerprint(data), **extra}
+
+
 @dataclass
 class RunCheckpoints:
     """Where a training run keeps its checkpoints, and what identifies it.
 
-    ``folder``: ``last.pt`` (everything needed to resume, saved after every
-    epoch) and ``best.pt`` (a model checkpoint of the best epoch, see
-    :func:`load_checkpoint`); ``None`` keeps nothing on disk. ``identity``:
-    what a resumed run must share with the saved one (model, recipe without
-    its :attr:`Recipe.EXTENDABLE` fields, loss); ``resume``: continue from
-    ``last.pt`` when it exists (``False`` starts over).
+    ``folder``: ``last.pt`` (everything needed to resume, saved before the
+    first epoch and after every epoch) and ``best.pt`` (a model checkpoint
+    of the best epoch, see :func:`load_checkpoint`); ``None`` keeps nothing on
+    disk. ``identity``: what a resumed run must share with the saved one
+    (:func:`run_identity`); ``resume``: continue from ``last.pt`` when it
+    exists (``False`` starts over).
     """
 
     folder: Path | None
     identity: dict[str, Any]
     resume: bool = True
+
+    @classmethod
+    def for_run(cls, identity: dict[str, Any], checkpoint_dir: str | Path | None = None,
+                runs_dir: str | Path | None = None, resume: bool = True) -> "RunCheckpoints":
+        """The checkpoints of a run: in ``checkpoint_dir`` itself, or in a folder
+        of ``runs_dir`` named after the run, ``<model_name>-<digest of its
+        identity>`` (so that calling the same training again finds its run,
+        and a changed one starts its own); neither: none kept."""
+        if checkpoint_dir is not None and runs_dir is not None:
+            raise ValueError("pass checkpoint_dir (the run's own folder) or runs_dir (a folder of runs), not both")
+        if runs_dir is not None:
+            checkpoint_dir = Path(runs_dir) / f"{identity['model_name']}-{_digest(_loadable(identity))[:10]}"
+        return cls(Path(checkpoint_dir) if checkpoint_dir is not None else None, identity, resume)
 
     @property
     def last(self) -> Path | None:
@@ -478,8 +536,10 @@ class RunCheckpoints:
             raise ValueError(f"{self.last} was written by another version of the course (format "
                              f"{state.get('format')!r}, this one writes {CHECKPOINT_FORMAT}): delete it to start over")
         if state.get("identity") != _loadable(self.identity):
-            raise ValueError(f"{self.last} belongs to another run (model, recipe or loss differ): delete it or "
-                             f"pass another checkpoint_dir, or resume=False to start over")
+            differ = sorted(k for k in {*self.identity, *state.get("identity", {})}
+                            if _loadable(self.identity).get(k) != state.get("identity", {}).get(k))
+            raise ValueError(f"{self.last} belongs to another run ({', '.join(differ)} differ): delete it or pass "
+                             f"another checkpoint_dir, or resume=False to start over")
         return state
 
     def save_state(self, state: dict) -> None:
@@ -510,15 +570,19 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
     empty :class:`EpochRecord` of the run's kind; ``best_payload(epoch,
     fields)``, what ``best.pt`` holds.
 
-    Resuming is exact: ``last.pt`` keeps the weights, the optimiser, the
-    schedule, the gradient scaler, the history and every random state
-    (:func:`_random_states`); each epoch creates its DataLoader iterator
+    Resuming is exact: ``last.pt``, saved before the first epoch and after
+    each one, keeps the weights, the optimiser, the schedule, the gradient
+    scaler, the history and every random state (:func:`_random_states`), so
+    a run interrupted anywhere (a disconnected runtime, a killed kernel, an
+    interrupted cell) continues from its last finished epoch, whatever the
+    weights in memory; each epoch creates its DataLoader iterator
     anew (no persistent workers), so the worker seeds are drawn from the
     restored generator and a resumed run (with the same number of DataLoader
     workers, none or some) gives on the CPU the same model as an
-    uninterrupted one (on a GPU, within its non-determinism). A run that ran
-    out of epochs continues when called with more; one stopped by its
-    stopping rules stays stopped.
+    uninterrupted one (on a GPU, within its non-determinism). A finished run
+    is loaded, not trained again (it says so); one that ran out of epochs
+    continues when called with more; one stopped by its stopping rules stays
+    stopped.
     At the end the model holds the weights of its best epoch.
     """
     optimizer = make_optimizer(model, recipe)
@@ -526,8 +590,18 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
                                                            patience=recipe.plateau_patience)
     scaler = grad_scaler(device, recipe.amp)
     start_epoch = 1
+
+    def save_state(epoch: int) -> None:
+        checkpoints.save_state({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(),
+                                "scaler": scaler.state_dict() if scaler is not None else {},
+                                "history": asdict(history), "random": _random_states(generator)})
+
+    _check_batches(loader, recipe.max_batches, f"the training data of {name}")
     state = checkpoints.saved_state()
-    if state is not None:
+    if state is None:
+        save_state(0)          # interrupted in epoch 1, the run restarts from these weights, not the ones in memory
+    else:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -536,8 +610,15 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
         history = type(history)(**{f.name: state["history"][f.name] for f in fields(history)})
         _restore_random_states(state["random"], generator)
         start_epoch = state["epoch"] + 1
-        if progress:
-            print(f"resuming {name} after epoch {state['epoch']} from {checkpoints.last}")
+        run = checkpoints.folder.name
+        if history.stopped or start_epoch > recipe.epochs:
+            print(f"{name}: the run {run} has finished ({len(history.epoch)} epochs, "
+                  + (f"{history.stopped}" if history.stopped else f"of {recipe.epochs}")
+                  + f"): its best epoch, {history.best_epoch}, is loaded, not trained again")
+        else:
+            print(f"{name}: resuming the run {run} "
+                  + (f"after epoch {state['epoch']}" if state["epoch"] else "from its start")
+                  + f" (of {recipe.epochs})")
     if history.stopped:
         start_epoch = recipe.epochs + 1
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -550,7 +631,7 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
     for epoch in epochs:
         model.train()
         loss_sum, seen, clips, t0 = 0.0, 0, 0, time.perf_counter()
-        batches = tqdm(_batches(loader, recipe.max_batches, f"the training data of {name}"), total=n_batches,
+        batches = tqdm(islice(loader, recipe.max_batches), total=n_batches,
                        desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
         for b, batch in enumerate(batches):
             result = step(batch)
@@ -583,10 +664,7 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
         elif recipe.early_stopping and epoch - history.best_epoch >= recipe.early_stopping:
             history.stopped = (f"no better {history.score_field.replace('_', ' ')} for {recipe.early_stopping} epochs "
                                f"(epoch {epoch})")
-        checkpoints.save_state({"epoch": epoch, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(),
-                                "scaler": scaler.state_dict() if scaler is not None else {},
-                                "history": asdict(history), "random": _random_states(generator)})
+        save_state(epoch)
         if history.stopped:
             break
     epochs.close()
@@ -603,9 +681,104 @@ def training_loader(dataset: Dataset, recipe: Recipe, generator: torch.Generator
                       num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
 
 
+def format_duration(seconds: float) -> str:
+    """``'under a minute'``, ``'about 7 min'`` or ``'about 2 h 05 min'``."""
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return "under a minute"
+    return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
+@dataclass
+class TrainingTime:
+    """The expected duration of a training run: measured seconds per training
+    batch and per validation batch, times the batches the run plans."""
+
+    train_batch_s: float
+    valid_batch_s: float
+    train_batches: int              # per epoch
+    valid_batches: int              # per epoch
+    epochs: int
+
+    @property
+    def seconds(self) -> float:
+        return self.epochs * (self.train_batches * self.train_batch_s + self.valid_batches * self.valid_batch_s)
+
+    def __str__(self) -> str:
+        return (f"{format_duration(self.seconds)}: {self.epochs} epochs of {self.train_batches} training batches "
+                f"at {1000 * self.train_batch_s:.0f} ms and {self.valid_batches} validation batches at "
+                f"{1000 * self.valid_batch_s:.0f} ms")
+
+
+def _seconds_per_call(call: Callable[[], Any], times: int, device: torch.device) -> float:
+    call()                                                   # warm-up: allocations, cuDNN's choice of kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(times):
+        call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / times
+
+
+def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
+                           device: str | torch.device | None = None, clips_per_item: int = 1,
+                           timed_batches: int = 3) -> TrainingTime:
+    """How long :func:`fit` (``clips_per_item=1``) or
+    :func:`helpers.retrieval.fit_triplet` (``3``: anchor, positive, negative)
+    should take to train ``model`` on ``data`` with ``recipe``, from a short
+    warm-up on this machine.
+
+    Measured on a copy of ``model`` (the model and every random state are
+    left as they were): after one warm-up step, ``timed_batches`` training
+    steps (forward, backward, optimiser step, with the recipe's mixed
+    precision) on a batch of real training crops, and as many validation
+    batches without gradients. Multiplied by the batches the run plans: the
+    train split in batches of ``recipe.batch_size``, every validation chunk
+    in batches of ``recipe.eval_batch_size`` (each at most
+    ``recipe.max_batches``), ``recipe.epochs`` times. Data loading is not
+    timed (DataLoader workers overlap it with the model's work); the
+    stopping rules may end a run sooner.
+    """
+    device = choose_device(device)
+    chunk = getattr(model, "input_samples", 48000)
+    crops, chunks = RandomCropDataset(data, "train", chunk), ChunkDataset(data, "valid", chunk)
+    cap = recipe.max_batches or math.inf
+    train_batches = int(min(len(crops) // recipe.batch_size, cap))
+    valid_batches = int(min(math.ceil(len(chunks) / recipe.eval_batch_size), cap))
+    generator = torch.Generator()
+    states = _random_states(generator)
+    try:
+        trial = copy.deepcopy(model).to(device).train()
+        optimizer, scaler = make_optimizer(trial, recipe), grad_scaler(device, recipe.amp)
+        n = recipe.batch_size * clips_per_item
+        x = torch.stack([crops[i % len(crops)][0] for i in range(n)]).to(device)
+        xv = torch.stack([chunks[j % len(chunks)][0] for j in range(recipe.eval_batch_size)]).to(device)
+
+        def train_step() -> None:
+            with autocast(device, recipe.amp):
+                out = trial(x)
+            optimizer_step(nn.functional.binary_cross_entropy_with_logits(out.float(), torch.zeros_like(
+                out, dtype=torch.float32)), optimizer, scaler)
+
+        def valid_step() -> None:
+            with torch.no_grad(), autocast(device, recipe.amp):
+                trial(xv)
+
+        train_s = _seconds_per_call(train_step, timed_batches, device)
+        trial.eval()
+        valid_s = _seconds_per_call(valid_step, timed_batches, device)
+    finally:
+        _restore_random_states(states, generator)
+    del trial
+    return TrainingTime(train_s, valid_s, train_batches, valid_batches, recipe.epochs)
+
+
 def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, model_name: str = "model",
-        model_options: dict | None = None, checkpoint_dir: str | Path | None = None, resume: bool = True,
-        device: str | torch.device | None = None, progress: bool = True) -> History:
+        model_options: dict | None = None, checkpoint_dir: str | Path | None = None,
+        runs_dir: str | Path | None = None, resume: bool = True, device: str | torch.device | None = None,
+        progress: bool = True) -> History:
     """Train ``model`` on the train split of ``data`` and select it on the valid split.
 
     Each epoch: random crops of ``model.input_samples`` samples from every
@@ -617,12 +790,17 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
     improvement. At the end the model holds the weights of its best epoch.
 
     With ``checkpoint_dir``, ``last.pt`` (everything needed to resume) is saved
-    after every epoch and ``best.pt`` (a model checkpoint, see
-    :func:`load_checkpoint`) at every new best; rerunning with ``resume=True``
-    continues after the last finished epoch (see :func:`train_epochs`). A NaN
-    or infinite loss raises :class:`TrainingDivergedError` and leaves the
+    before the first epoch and after every epoch, and ``best.pt`` (a model
+    checkpoint, see :func:`load_checkpoint`) at every new best; rerunning with
+    ``resume=True`` continues after the last finished epoch, and a finished
+    run is loaded, not trained again (see :func:`train_epochs`). With
+    ``runs_dir`` instead (what the notebooks pass), the run keeps them in its
+    own folder there, named after the run (:meth:`RunCheckpoints.for_run`):
+    the same call finds its run again, in a new runtime too. A NaN or
+    infinite loss raises :class:`TrainingDivergedError` and leaves the
     checkpoints as they were.
     """
+    identity = run_identity(model, data, recipe, model_name, model_options)
     device = choose_device(device)
     generator = seed_everything(recipe.seed)
     model.to(device)
@@ -654,8 +832,7 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
         return model_checkpoint(model, model_name, data.tags, model_options, epoch=epoch,
                                 valid_loss=values["valid_loss"], dataset=data.meta.get("name", ""))
 
-    checkpoints = RunCheckpoints(Path(checkpoint_dir) if checkpoint_dir else None,
-                                 {"model_name": model_name, "recipe": recipe.identity()}, resume)
+    checkpoints = RunCheckpoints.for_run(identity, checkpoint_dir, runs_dir, resume)
     return train_epochs(model, recipe, name=model_name, loader=loader, generator=generator, step=step,
                         validate=validate, history=History(), checkpoints=checkpoints, best_payload=best_payload,
                         device=device, progress=progress)

@@ -14,6 +14,8 @@ from helpers import train
 from helpers.config import PROFILES, choose_profile, usable_cpus
 from helpers.data import ChunkDataset, RandomCropDataset, TaggedAudio
 from helpers.models import build_model
+from helpers.prepare.synth import prepare_synthetic
+from conftest import TINY
 from helpers.train import (CHECKPOINT_FORMAT, HOMEWORK_RECIPE, Recipe, TrainingDivergedError, embed_clips, evaluate,
                            fit, load_checkpoint, model_checkpoint, predict, save_checkpoint)
 
@@ -79,7 +81,8 @@ class _InterruptAfter(nn.Module):
         self.input_samples = model.input_samples
 
     def forward(self, x):
-        if self.training and (self.ckpt_dir / "last.pt").exists():
+        last = self.ckpt_dir / "last.pt"
+        if self.training and last.exists() and torch.load(last, weights_only=True)["epoch"] >= 1:
             raise KeyboardInterrupt
         return self.model(x)
 
@@ -324,3 +327,69 @@ def test_the_gpu_profile_asks_for_no_more_workers_than_cpus():
 
     assert 1 <= PROFILES["gpu"]["num_workers"] == min(4, usable_cpus())
     assert Recipe().for_profile("gpu").num_workers == PROFILES["gpu"]["num_workers"]
+
+
+class _InterruptInEpoch1(nn.Module):
+    """Wraps a model; raises KeyboardInterrupt in the third training forward
+    pass of epoch 1, after two optimiser steps changed the weights in memory."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+        self.input_samples = model.input_samples
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+        return self.model(x)
+
+    def state_dict(self, *a, **kw):
+        return self.model.state_dict(*a, **kw)
+
+    def load_state_dict(self, *a, **kw):
+        return self.model.load_state_dict(*a, **kw)
+
+
+def test_runs_dir_finds_the_same_run_again_and_a_changed_one_gets_its_own(tiny_root, tmp_path, capsys):
+    data = TaggedAudio(tiny_root)
+    recipe = replace(QUICK, max_batches=3)
+    full_model = _fresh(data)
+    fit(full_model, data, recipe, "cnn1d", checkpoint_dir=tmp_path / "full", progress=False)
+    # interrupted in epoch 1, before any epoch finished: the weights in memory have moved, the rerun (the same
+    # cell run again, with that model) starts from the saved initial weights and ends as the uninterrupted run
+    wrapped = _InterruptInEpoch1(_fresh(data))
+    with pytest.raises(KeyboardInterrupt):
+        fit(wrapped, data, recipe, "cnn1d", runs_dir=tmp_path / "runs", progress=False)
+    assert not _same_weights(wrapped.model.state_dict(), _fresh(data).state_dict())
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("cnn1d-") and torch.load(run / "last.pt", weights_only=True)["epoch"] == 0
+    resumed = fit(wrapped.model, data, recipe, "cnn1d", runs_dir=tmp_path / "runs", progress=False)
+    assert "cnn1d: resuming the run cnn1d-" in capsys.readouterr().out and resumed.epoch == [1, 2]
+    assert _same_weights(wrapped.model.state_dict(), full_model.state_dict())
+    # run again when finished: loaded, not trained (a training forward would raise), and it says so
+    again_model = _InterruptAfter(_fresh(data), run)
+    again = fit(again_model, data, recipe, "cnn1d", runs_dir=tmp_path / "runs", progress=False)
+    assert again.train_loss == resumed.train_loss and "has finished (2 epochs" in capsys.readouterr().out
+    assert _same_weights(again_model.state_dict(), full_model.state_dict())
+    # a changed call (options, recipe, another dataset) is another run, in its own folder
+    fit(_fresh(data), data, replace(recipe, lr=3e-3, epochs=1), "cnn1d", runs_dir=tmp_path / "runs", progress=False)
+    fit(_fresh(data), data, replace(recipe, epochs=1), "cnn1d", model_options={"note": 1},
+        runs_dir=tmp_path / "runs", progress=False)
+    assert len(list((tmp_path / "runs").iterdir())) == 3
+    with pytest.raises(ValueError, match="not both"):
+        fit(_fresh(data), data, recipe, "cnn1d", runs_dir=tmp_path / "runs", checkpoint_dir=tmp_path / "x")
+
+
+def test_data_fingerprint_is_the_same_for_every_preparation_of_the_same_data(tiny_root, tmp_path):
+    """Colab prepares the dataset anew in each runtime: a run must find its
+    checkpoints again, so the fingerprint cannot depend on the folder or on
+    how long the preparation took; other clips or labels change it."""
+    copy = tmp_path / "copy"
+    prepare_synthetic(copy, TINY, workers=1, progress=False)
+    assert train.data_fingerprint(TaggedAudio(copy)) == train.data_fingerprint(TaggedAudio(tiny_root))
+    other = TaggedAudio(copy)
+    other.labels = other.labels.copy()
+    other.labels[0, 0] ^= 1
+    assert train.data_fingerprint(other) != train.data_fingerprint(TaggedAudio(tiny_root))

@@ -44,7 +44,9 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
     """Execute every ``NN_*.ipynb`` of ``notebooks`` in order into ``out``,
     with the given profile and dataset; print each notebook's time and write
     ``out/summary.md``, which ends with the course's final table (notebook
-    05's :func:`course_table`) of this run's results. ``inplace`` also writes the
+    05's :func:`course_table`) of this run's results. The training runs keep
+    their checkpoints in ``out/runs`` (cleared first, as the results, unless
+    ``only`` is given). ``inplace`` also writes the
     executed notebooks back over the originals (how the committed outputs are
     made); ``only`` restricts the run to notebooks whose name starts with one
     of the given prefixes. Returns 0, or 1 if a notebook failed (the others
@@ -56,10 +58,12 @@ def run_notebooks(notebooks: Path, out: Path, profile: str = "cpu", dataset: str
         return 1
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(COURSE_PROFILE=profile, COURSE_DATASET=dataset,
-                      COURSE_RESULTS=str((out / "results.jsonl").resolve()))
+                      COURSE_RESULTS=str((out / "results.jsonl").resolve()),
+                      COURSE_RUNS=str((out / "runs").resolve()))
     os.environ.setdefault("COURSE_PROGRESS", "0")          # no progress bars in recorded outputs
-    if not only:
+    if not only:                                           # a recorded run trains everything anew
         (out / "results.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(out / "runs", ignore_errors=True)
     timings, failed = [], []
     for path in paths:
         nb = nbformat.read(path, as_version=4)

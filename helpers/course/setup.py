@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import DATASETS, DRIVE_FOLDER, choose_dataset, data_root, in_colab, runtime_root
+from ..config import DATASETS, DRIVE_FOLDER, choose_dataset, choose_mtat_split, data_root, in_colab, runtime_root
 from ..data import TaggedAudio
-from ..prepare.mtat import prepare_mtat, summary_line
+from ..prepare.mtat import PUBLISHED_SIZES, prepare_mtat, summary_line
 from ..prepare.synth import GENERATOR_VERSION, SynthConfig, prepare_synthetic
 
 __all__ = ["setup", "open_dataset", "summary_line", "drive_state_folder"]
@@ -38,9 +38,11 @@ def drive_state_folder(folder: str = DRIVE_FOLDER) -> Path:
     return state
 
 
-def setup(dataset: str | None = None, progress: bool = True, drive_folder: str = DRIVE_FOLDER) -> TaggedAudio:
+def setup(dataset: str | None = None, progress: bool = True, drive_folder: str = DRIVE_FOLDER,
+          mtat_split: str | None = None) -> TaggedAudio:
     """Make ``dataset`` (default: :func:`helpers.config.choose_dataset`) ready
-    in this runtime and return it.
+    in this runtime and return it; ``mtat_split``: MTAT's ``clean`` or
+    ``homework`` split (default :func:`helpers.config.choose_mtat_split`).
 
     In Colab: mounts Drive and points the results file, the checkpoints and
     the MTAT download to ``MyDrive/<drive_folder>`` (unless
@@ -51,6 +53,7 @@ def setup(dataset: str | None = None, progress: bool = True, drive_folder: str =
     decoding) and the synthetic set generated (:func:`open_dataset`).
     """
     dataset = choose_dataset(dataset)
+    mtat_split = choose_mtat_split(mtat_split)
     downloads = None
     if in_colab():
         state = drive_state_folder(drive_folder)
@@ -61,7 +64,10 @@ def setup(dataset: str | None = None, progress: bool = True, drive_folder: str =
             print("MagnaTagATune without a GPU: training will take hours. In Colab choose Runtime > Change runtime "
                   "type > GPU (T4), then run the notebook again from the top.")
     if dataset == "mtat" and not (data_root("mtat") / "meta.json").exists():
-        prepare_mtat(data_root("mtat"), download_dir=downloads, progress=progress)
+        print(f"Preparing MagnaTagATune's {mtat_split} split in this runtime: the first time, a download of about "
+              f"3 GB{' kept on Drive' if downloads else ''}; then the mp3 files of the split are unpacked and "
+              f"decoded ({sum(PUBLISHED_SIZES[mtat_split].values()):,} clips: minutes, with a progress bar).")
+        prepare_mtat(data_root("mtat"), split=mtat_split, download_dir=downloads, progress=progress)
     return open_dataset(dataset, progress=progress)
 
 

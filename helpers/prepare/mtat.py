@@ -145,6 +145,15 @@ def read_md5_file(path: str | os.PathLike = MD5_FILE) -> dict[str, str]:
     return sums
 
 
+def mirror() -> tuple[str, Path]:
+    """Where MTAT is downloaded from, and the checksums its files must match:
+    ``$COURSE_MTAT_URL`` and ``$COURSE_MTAT_MD5`` (a file of ``md5  filename``
+    lines) when set (a class's own mirror, or a test's loopback server), else
+    :data:`BASE_URL` and :data:`MD5_FILE`."""
+    return (os.environ.get("COURSE_MTAT_URL") or BASE_URL,
+            Path(os.environ.get("COURSE_MTAT_MD5") or MD5_FILE))
+
+
 def file_md5(path: str | os.PathLike, progress: bool = False, chunk_bytes: int = 1 << 22) -> str:
     """MD5 hex digest of a file (read in ``chunk_bytes`` pieces, with a progress bar if asked)."""
     path = Path(path)
@@ -309,7 +318,7 @@ def _fetch_into(url: str, part: Path, md5: str | None, timeout: float, chunk_byt
 
 
 def fetch_files(names: Sequence[str], *, download_dir: str | os.PathLike | None = None,
-                source: str | os.PathLike | None = None, base_url: str = BASE_URL,
+                source: str | os.PathLike | None = None, base_url: str | None = None,
                 checksums: Mapping[str, str] | None = None, progress: bool = True, retries: int = 5,
                 backoff: float = 1.0, timeout: float = 60.0) -> dict[str, Path]:
     """Get verified copies of the MTAT files ``names``; returns ``{name: path}``.
@@ -319,8 +328,11 @@ def fetch_files(names: Sequence[str], *, download_dir: str | os.PathLike | None 
     or moved. Otherwise they are downloaded from ``base_url`` into
     ``download_dir`` (default ``data_root('downloads')``) with
     :func:`download_file`; files already there and verified are kept.
+    ``base_url`` and ``checksums`` default to the :func:`mirror`'s.
     """
-    checksums = read_md5_file() if checksums is None else checksums
+    default_url, default_md5 = mirror()
+    base_url = base_url or default_url
+    checksums = read_md5_file(default_md5) if checksums is None else checksums
     out = {}
     for name in names:
         md5 = _checksum(checksums, name)
@@ -753,7 +765,7 @@ def _folders(folders: str) -> str:
 
 def prepare_mtat(root: str | os.PathLike | None = None, *, split: str = "clean",
                  download_dir: str | os.PathLike | None = None, source: str | os.PathLike | None = None,
-                 mp3_dir: str | os.PathLike | None = None, base_url: str = BASE_URL,
+                 mp3_dir: str | os.PathLike | None = None, base_url: str | None = None,
                  checksums: Mapping[str, str] | None = None, workers: int | None = None,
                  clip_samples: int = CLIP_SAMPLES, sample_rate: int = SAMPLE_RATE, overwrite: bool = False,
                  progress: bool = True, retries: int = 5, backoff: float = 1.0, timeout: float = 60.0,
@@ -766,9 +778,9 @@ def prepare_mtat(root: str | os.PathLike | None = None, *, split: str = "clean",
        ``homework``), then the disk check (:func:`check_disk_space`).
     2. The archive parts: from ``source`` (used in place) or downloaded into
        ``download_dir`` (default ``data_root('downloads')``) from
-       ``base_url``, MD5-verified against ``checksums`` (default
-       ``data/mtat_md5.txt``). Skipped when every mp3 of the plan is already
-       unpacked.
+       ``base_url``, MD5-verified against ``checksums`` (defaults: the
+       :func:`mirror`, MTAT's host and ``data/mtat_md5.txt`` unless
+       overridden). Skipped when every mp3 of the plan is already unpacked.
     3. Unpacking into ``mp3_dir`` (default ``data_root('mtat_mp3')``).
     4. Decoding into ``root`` (default ``data_root('mtat')``) with
        ``workers`` processes, ``clip_samples`` samples per clip.
@@ -794,7 +806,9 @@ def prepare_mtat(root: str | os.PathLike | None = None, *, split: str = "clean",
                 if data.meta.get("name") == "mtat" else repr(data))
         raise MTATError(f"{root} already holds another dataset ({held}): prepare this one in another folder with "
                         f"--root (e.g. {root.parent / (root.name + '_' + split)}), or pass --overwrite to replace it")
-    checksums = read_md5_file() if checksums is None else checksums
+    default_url, default_md5 = mirror()
+    base_url = base_url or default_url
+    checksums = read_md5_file(default_md5) if checksums is None else checksums
     fetch = dict(download_dir=download_dir, source=source, base_url=base_url, checksums=checksums,
                  progress=progress, retries=retries, backoff=backoff, timeout=timeout)
 
@@ -867,4 +881,5 @@ def summary_line(root: str | os.PathLike | None = None) -> str:
             f"{meta['clip_samples'] / meta['sample_rate']:.2f} s at {meta['sample_rate'] / 1000:g} kHz, "
             f"{len(meta['tags'])} tags; " + " / ".join(f"{s} {sizes[s]:,}" for s in SPLITS)
             + f"; {len(meta.get('excluded', {})):,} skipped; "
-            f"{format_bytes(meta['n_clips'] * meta['clip_samples'] * 2)} in {root}")
+            f"{format_bytes(meta['n_clips'] * meta['clip_samples'] * 2)} in "
+            f"{root.resolve().relative_to(REPO) if root.resolve().is_relative_to(REPO) else root}")
