@@ -724,7 +724,7 @@ def _seconds_per_call(call: Callable[[], Any], times: int, device: torch.device)
 
 def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
                            device: str | torch.device | None = None, clips_per_item: int = 1,
-                           timed_batches: int = 3) -> TrainingTime:
+                           timed_batches: int = 2) -> TrainingTime:
     """How long :func:`fit` (``clips_per_item=1``) or
     :func:`helpers.retrieval.fit_triplet` (``3``: anchor, positive, negative)
     should take to train ``model`` on ``data`` with ``recipe``, from a short
@@ -734,7 +734,7 @@ def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
     left as they were): after one warm-up step, ``timed_batches`` training
     steps (forward, backward, optimiser step, with the recipe's mixed
     precision) on a batch of real training crops, and as many validation
-    batches without gradients. Multiplied by the batches the run plans: the
+    batches without gradients (never more than the run plans). Multiplied by the batches the run plans: the
     train split in batches of ``recipe.batch_size``, every validation chunk
     in batches of ``recipe.eval_batch_size`` (each at most
     ``recipe.max_batches``), ``recipe.epochs`` times. Data loading is not
@@ -766,9 +766,9 @@ def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
             with torch.no_grad(), autocast(device, recipe.amp):
                 trial(xv)
 
-        train_s = _seconds_per_call(train_step, timed_batches, device)
+        train_s = _seconds_per_call(train_step, min(timed_batches, train_batches * recipe.epochs), device)
         trial.eval()
-        valid_s = _seconds_per_call(valid_step, timed_batches, device)
+        valid_s = _seconds_per_call(valid_step, min(timed_batches, valid_batches * recipe.epochs), device)
     finally:
         _restore_random_states(states, generator)
     del trial
