@@ -674,11 +674,15 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
 
 def training_loader(dataset: Dataset, recipe: Recipe, generator: torch.Generator, device: torch.device) -> DataLoader:
     """The shuffled training DataLoader of a run: batches of
-    ``recipe.batch_size`` (the last incomplete one dropped), shuffled and
-    worker-seeded by ``generator``, no persistent workers (see
-    :func:`train_epochs` on exact resume)."""
-    return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=True, generator=generator,
-                      num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
+    ``recipe.batch_size`` (the last incomplete one dropped; a split smaller
+    than one batch, such as a tiny copy of MTAT, gives one batch of all its
+    items), shuffled and worker-seeded by ``generator``, no persistent
+    workers (see :func:`train_epochs` on exact resume)."""
+    if len(dataset) < 2:
+        raise ValueError(f"the training split has {len(dataset)} item(s): training needs at least 2 (batch "
+                         f"normalisation compares the items of a batch); use a larger dataset")
+    return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=len(dataset) >= recipe.batch_size,
+                      generator=generator, num_workers=recipe.num_workers, pin_memory=device.type == "cuda")
 
 
 def format_duration(seconds: float) -> str:
@@ -745,7 +749,7 @@ def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
     chunk = getattr(model, "input_samples", 48000)
     crops, chunks = RandomCropDataset(data, "train", chunk), ChunkDataset(data, "valid", chunk)
     cap = recipe.max_batches or math.inf
-    train_batches = int(min(len(crops) // recipe.batch_size, cap))
+    train_batches = int(min(max(len(crops) // recipe.batch_size, 1), cap))
     valid_batches = int(min(math.ceil(len(chunks) / recipe.eval_batch_size), cap))
     generator = torch.Generator()
     states = _random_states(generator)

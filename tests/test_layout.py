@@ -163,3 +163,17 @@ def test_the_course_url_is_the_same_everywhere():
     github = REPO_URL.removeprefix("https://github.com/")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert readme.count(f"colab.research.google.com/github/{github}/blob/main/notebooks/") == 7
+
+
+def test_the_training_notebooks_ask_colab_for_a_gpu_and_resume_their_runs():
+    """01-05 train: Colab opens them in a GPU runtime (their metadata), and
+    every training call keeps its checkpoints in the runs folder, so that a
+    rerun cell resumes (or loads) its run instead of starting over."""
+    for path in sorted((REPO / "notebooks").glob("0[1-5]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.get("accelerator") == "GPU" and nb.metadata["colab"].get("gpuType") == "T4", path.name
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                for call in ast.walk(ast.parse(cell.source)):
+                    if isinstance(call, ast.Call) and getattr(call.func, "id", "") in ("fit", "fit_triplet"):
+                        assert "runs_dir" in {k.arg for k in call.keywords}, f"{path.name}: {ast.unparse(call)[:80]}"
