@@ -60,7 +60,7 @@ GPU_PLAN = [
     ("04", "linear projection, tag triplets", "linear_projection", {}, 3, 3),
     *[("04", f"1D CNN embedder, run {run}", "cnn1d", {}, 30, 3) for run in "ABCD"],
     ("04", "Musicnn embedder, run E", "musicnn", {}, 30, 3),
-    *[("05", name, name, {}, 30, 1) for name in ("crnn", "musicnn", "short_chunk", "short_chunk_res")],
+    *[("05", name, name, {}, 20, 1) for name in ("crnn", "musicnn", "short_chunk", "short_chunk_res")],
 ]
 
 
