@@ -6,7 +6,9 @@ front end of every model of the course: a power mel spectrogram in decibels,
 numerically equal to torchaudio's ``MelSpectrogram`` followed by
 ``AmplitudeToDB`` (periodic Hann window, centred frames with reflect padding,
 power 2, HTK mel scale, no filterbank normalisation, ``10 * log10(max(x,
-1e-10))``), written on ``torch.stft`` so that torchaudio is not needed.
+1e-10))``), written on ``torch.stft`` so that torchaudio is not needed. Its
+options give musicnn's front end too (librosa's Slaney mel filters and
+``log10(1 + 10000 x)``).
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from torch import nn
 
 from .config import SAMPLE_RATE
 
-__all__ = ["SAMPLE_RATE", "AudioLoadError", "load_audio", "hz_to_mel", "mel_to_hz", "mel_filterbank",
-           "LogMelSpectrogram"]
+__all__ = ["SAMPLE_RATE", "AudioLoadError", "load_audio", "MEL_SCALES", "hz_to_mel", "mel_to_hz",
+           "mel_filterbank", "LogMelSpectrogram"]
 
 
 class AudioLoadError(RuntimeError):
@@ -91,58 +93,113 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
-    """HTK mel scale: ``2595 * log10(1 + f / 700)``."""
-    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+#: Mel scales: ``htk`` (torchaudio's default) and ``slaney`` (librosa's default, Slaney's Auditory Toolbox).
+MEL_SCALES = ("htk", "slaney")
+_SLANEY_F_SP = 200.0 / 3                      # Hz per mel below 1 kHz
+_SLANEY_LOGSTEP = math.log(6.4) / 27.0        # log-Hz per mel above 1 kHz
+_SLANEY_MIN_MEL = 1000.0 / _SLANEY_F_SP       # 15 mels at 1 kHz
 
 
-def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+def hz_to_mel(f: np.ndarray | float, mel_scale: str = "htk") -> np.ndarray:
+    """Hz to mels. ``htk``: ``2595 * log10(1 + f / 700)``; ``slaney``: linear
+    below 1 kHz (``f / (200 / 3)``), logarithmic above (``15 + log(f / 1000) /
+    (log(6.4) / 27)``)."""
+    f = np.asarray(f, dtype=np.float64)
+    if mel_scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    _check_mel_scale(mel_scale)
+    return np.where(f >= 1000.0, _SLANEY_MIN_MEL + np.log(np.maximum(f, 1e-10) / 1000.0) / _SLANEY_LOGSTEP,
+                    f / _SLANEY_F_SP)
+
+
+def mel_to_hz(m: np.ndarray | float, mel_scale: str = "htk") -> np.ndarray:
     """Inverse of :func:`hz_to_mel`."""
-    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+    m = np.asarray(m, dtype=np.float64)
+    if mel_scale == "htk":
+        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+    _check_mel_scale(mel_scale)
+    return np.where(m >= _SLANEY_MIN_MEL, 1000.0 * np.exp(_SLANEY_LOGSTEP * (m - _SLANEY_MIN_MEL)), m * _SLANEY_F_SP)
+
+
+def _check_mel_scale(mel_scale: str) -> None:
+    if mel_scale not in MEL_SCALES:
+        raise ValueError(f"unknown mel_scale {mel_scale!r}: use one of {MEL_SCALES}")
 
 
 def mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = 512, n_mels: int = 96,
-                   f_min: float = 0.0, f_max: float | None = 8000.0) -> torch.Tensor:
-    """Triangular HTK mel filters, shape ``(n_fft // 2 + 1, n_mels)``.
+                   f_min: float = 0.0, f_max: float | None = 8000.0, mel_scale: str = "htk",
+                   norm: str | None = None) -> torch.Tensor:
+    """Triangular mel filters, shape ``(n_fft // 2 + 1, n_mels)``.
 
     Filter ``m`` rises from mel point ``m`` to ``m + 1`` and falls to
-    ``m + 2``, with ``n_mels + 2`` points evenly spaced in mel between
-    ``f_min`` and ``f_max``; bin frequencies are ``linspace(0, sr // 2,
-    n_fft // 2 + 1)`` and the filters are not normalised (torchaudio's
-    defaults).
+    ``m + 2``, with ``n_mels + 2`` points evenly spaced on ``mel_scale``
+    between ``f_min`` and ``f_max``; bin frequencies are ``linspace(0, sr // 2,
+    n_fft // 2 + 1)``. ``norm=None`` leaves every peak at 1 (torchaudio's
+    default); ``norm="slaney"`` divides each filter by half its width in Hz
+    (``2 / (f[m + 2] - f[m])``), so that each has the same area (librosa's
+    default). ``mel_scale="slaney", norm="slaney"`` is librosa's
+    ``filters.mel`` and musicnn's front end.
     """
+    if norm not in (None, "slaney"):
+        raise ValueError(f"unknown norm {norm!r}: use None or 'slaney'")
     f_max = sample_rate / 2 if f_max is None else f_max
-    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
-    m_pts = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2)
-    f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)
+    if mel_scale == "htk":          # in float32, as torchaudio (and every model trained by the course so far)
+        freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+        m_pts = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2)
+        f_pts = 700.0 * (10.0 ** (m_pts / 2595.0) - 1.0)
+    else:                           # in float64, as librosa
+        freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1, dtype=torch.float64)
+        m_pts = np.linspace(float(hz_to_mel(f_min, mel_scale)), float(hz_to_mel(f_max, mel_scale)), n_mels + 2)
+        f_pts = torch.from_numpy(mel_to_hz(m_pts, mel_scale))
     f_diff = f_pts[1:] - f_pts[:-1]
     slopes = f_pts.unsqueeze(0) - freqs.unsqueeze(1)          # (n_freqs, n_mels + 2)
     down = -slopes[:, :-2] / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
-    return torch.clamp(torch.minimum(down, up), min=0.0)
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    if norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:] - f_pts[:-2])).unsqueeze(0)
+    return fb.float()
 
 
 class LogMelSpectrogram(nn.Module):
     """Waveform ``(batch, samples)`` or ``(batch, 1, samples)`` to log-mel
-    ``(batch, 1, n_mels, frames)`` in dB, with ``frames = 1 + samples // hop``.
+    ``(batch, 1, n_mels, frames)``, with ``frames = 1 + samples // hop``.
 
     A 3 s clip at 16 kHz (48,000 samples) gives ``(batch, 1, 96, 188)``. The
     front end always runs in float32, also under mixed precision.
+
+    Two conventions of the field, chosen by the options (torchaudio's names):
+
+    - the course's, torchaudio's ``MelSpectrogram`` + ``AmplitudeToDB``
+      (the defaults): HTK mel scale, unnormalised filters, decibels
+      ``10 * log10(max(x, 1e-10))``;
+    - musicnn's, librosa's ``feature.melspectrogram`` then ``log10(1 + 10000
+      x)``: ``mel_scale="slaney", norm="slaney", log="log1p"``.
+
+    Both use a periodic Hann window, centred frames with reflect padding and
+    the power spectrum (power 2). ``log="log1p"`` computes ``log10(1 +
+    log_gain * x)``.
     """
 
     def __init__(self, sample_rate: int = SAMPLE_RATE, n_fft: int = 512, hop_length: int | None = None,
-                 f_min: float = 0.0, f_max: float | None = 8000.0, n_mels: int = 96) -> None:
+                 f_min: float = 0.0, f_max: float | None = 8000.0, n_mels: int = 96, mel_scale: str = "htk",
+                 norm: str | None = None, log: str = "db", log_gain: float = 10000.0) -> None:
         super().__init__()
+        if log not in ("db", "log1p"):
+            raise ValueError(f"unknown log {log!r}: use 'db' (decibels) or 'log1p' (log10(1 + log_gain * x))")
         self.sample_rate, self.n_fft, self.n_mels = sample_rate, n_fft, n_mels
         self.hop_length = hop_length or n_fft // 2
         self.f_min, self.f_max = f_min, f_max
+        self.mel_scale, self.norm, self.log, self.log_gain = mel_scale, norm, log, log_gain
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
-        self.register_buffer("mel_fb", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max),
+        self.register_buffer("mel_fb", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, mel_scale, norm),
                              persistent=False)
 
     def extra_repr(self) -> str:
+        convention = "" if (self.mel_scale, self.norm, self.log) == ("htk", None, "db") else \
+            f", mel_scale={self.mel_scale}, norm={self.norm}, log={self.log}"
         return (f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
-                f"f_min={self.f_min}, f_max={self.f_max}, n_mels={self.n_mels}")
+                f"f_min={self.f_min}, f_max={self.f_max}, n_mels={self.n_mels}{convention}")
 
     def n_frames(self, n_samples: int) -> int:
         """Number of frames for an input of ``n_samples`` samples."""
@@ -162,5 +219,8 @@ class LogMelSpectrogram(nn.Module):
                               window=self.window, center=True, pad_mode="reflect", return_complex=True)
             power = spec.real.square() + spec.imag.square()             # (batch, n_freqs, frames)
             mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)
-            db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
-        return db.unsqueeze(1)
+            if self.log == "db":
+                out = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
+            else:
+                out = torch.log10(1.0 + self.log_gain * mel)
+        return out.unsqueeze(1)

@@ -3,7 +3,7 @@ registry that builds them by name (:func:`build_model`).
 
 The package reads like the papers' tables: ``blocks`` holds the building
 blocks and the base classes, ``homework`` the homework's models, ``sota`` the
-state-of-the-art taggers; each model is a sequence of named blocks
+state-of-the-art taggers, ``pons`` Pons's published musicnn models; each model is a sequence of named blocks
 (``layer1`` .. ``layerN``) with the table's sizes, so that ``print(model)``
 reads like the homework's printouts.
 
@@ -29,6 +29,9 @@ Models, their mels and training chunk, and the inputs they accept:
 - ``short_chunk``: 128 mels, 59,049 samples (3.69 s); at least 2.03 s (global max pool).
 - ``short_chunk_res``: 128 mels, 59,049 samples; any length (global max pool).
 - ``linear_projection``: 96 mels, 3 s; exactly 48,000 samples (it flattens the spectrogram).
+- ``musicnn_pons``, ``vgg_pons`` (``pons``): Pons's published musicnn and VGG, layer for layer, to
+  load musicnn's trained weights (``python -m helpers tag`` does); musicnn's own front end
+  (Slaney mel, ``log10(1 + 10000 x)``), 187-frame patches (47,616 samples); VGG exactly one patch.
 
 The four state-of-the-art models (``crnn``, ``musicnn``, ``short_chunk``,
 ``short_chunk_res``) take a ``width`` option, a channel multiplier: 1.0 (the
@@ -53,14 +56,16 @@ from torch import nn
 from .blocks import (SHORT_CHUNK, THREE_SECONDS, Classifier, Conv1dBlock, Conv2dBlock, GlobalPool, MusicnnFrontEnd,
                      ResBlock2d, SpectrogramModel, TemporalBranch, TimbralBranch, scaled_channels)
 from .homework import CNN1D, CNN2D, LinearProjection, TunedCNN2D
+from .pons import PonsMusicnn, PonsVGG
 from .sota import CRNN, Musicnn, ShortChunkCNN, ShortChunkResCNN
 
 __all__ = [
-    "MODEL_NAMES", "build_model", "model_options", "layer_shapes", "count_parameters", "scaled_channels",
+    "MODEL_NAMES", "PORTED_MODEL_NAMES", "build_model", "model_options", "layer_shapes", "count_parameters",
+    "scaled_channels",
     "THREE_SECONDS", "SHORT_CHUNK",
     "Conv1dBlock", "Conv2dBlock", "ResBlock2d", "GlobalPool", "TimbralBranch", "TemporalBranch",
     "MusicnnFrontEnd", "SpectrogramModel", "Classifier", "CNN1D", "CNN2D", "TunedCNN2D", "CRNN",
-    "Musicnn", "ShortChunkCNN", "ShortChunkResCNN", "LinearProjection",
+    "Musicnn", "ShortChunkCNN", "ShortChunkResCNN", "LinearProjection", "PonsMusicnn", "PonsVGG",
 ]
 
 _MODELS: dict[str, type[SpectrogramModel]] = {
@@ -72,9 +77,13 @@ _MODELS: dict[str, type[SpectrogramModel]] = {
     "short_chunk": ShortChunkCNN,
     "short_chunk_res": ShortChunkResCNN,
     "linear_projection": LinearProjection,
+    "musicnn_pons": PonsMusicnn,
+    "vgg_pons": PonsVGG,
 }
-#: Every name :func:`build_model` knows, in course order.
-MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
+#: Pons's published models (:mod:`.pons`): built to load musicnn's trained weights, not trained by the course.
+PORTED_MODEL_NAMES: tuple[str, ...] = ("musicnn_pons", "vgg_pons")
+#: The models the course trains, in course order (:func:`build_model` also knows :data:`PORTED_MODEL_NAMES`).
+MODEL_NAMES: tuple[str, ...] = tuple(name for name in _MODELS if name not in PORTED_MODEL_NAMES)
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -88,7 +97,8 @@ def _model_class(name: str) -> type[SpectrogramModel]:
     try:
         return _MODELS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}") from None
+        names = ", ".join(MODEL_NAMES + PORTED_MODEL_NAMES)
+        raise ValueError(f"unknown model {name!r}; valid names: {names}") from None
 
 
 def build_model(name: str, n_tags: int = 50, **options: Any) -> SpectrogramModel:

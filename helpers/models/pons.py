@@ -1,0 +1,198 @@
+"""Pons et al.'s published taggers, layer for layer: the models inside the
+``musicnn`` package (``MTT_musicnn``, ``MSD_musicnn``: "musicnn"; ``MTT_vgg``,
+``MSD_vgg``: its VGG baseline), written so that their TensorFlow weights load
+unchanged (:mod:`helpers.prepare.musicnn` converts them).
+
+They differ from the course's :class:`~helpers.models.sota.Musicnn` (Won et
+al.'s re-implementation) in what a port must reproduce exactly:
+
+- the input: musicnn's own front end, librosa's mel spectrogram (Slaney
+  scale and normalisation) compressed with ``log10(1 + 10000 x)``, in
+  patches of 187 frames (3 s);
+- TensorFlow's ``same`` padding, which for an even kernel ``k`` pads ``k / 2 -
+  1`` frames before and ``k / 2`` after (PyTorch's ``padding="same"`` does the
+  reverse);
+- every convolution and dense layer is followed by its ReLU, *then* batch
+  normalisation (epsilon 1e-3, TensorFlow's default);
+- the back end flattens ``(753 channels, [max, mean])``: max and mean of
+  each channel side by side, 1,506 values.
+
+Shapes below are of one patch: ``T`` = 187 frames, 96 mel bands.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..audio import LogMelSpectrogram
+from ..config import SAMPLE_RATE
+from .blocks import Classifier
+
+__all__ = ["PATCH_FRAMES", "PATCH_SAMPLES", "tf_same_padding", "musicnn_front_end", "ReluBatchNorm2d",
+           "TimbralFilters", "TemporalFilters", "MidEndLayer", "PonsModel", "PonsMusicnn", "PonsVGG"]
+
+#: musicnn's patch: 187 spectrogram frames, hop 256 at 16 kHz (about 3 s).
+PATCH_FRAMES = 187
+#: The shortest waveform that gives one patch: ``(187 - 1) * 256`` samples (centred frames).
+PATCH_SAMPLES = (PATCH_FRAMES - 1) * 256
+TF_BN_EPS = 1e-3
+
+
+def tf_same_padding(kernel: int) -> tuple[int, int]:
+    """Frames TensorFlow's ``same`` padding adds (before, after) for a kernel of ``kernel``."""
+    return (kernel - 1) // 2, kernel // 2
+
+
+class ReluBatchNorm2d(nn.Module):
+    """Conv2d -> ReLU -> BatchNorm2d (eps 1e-3): TensorFlow's
+    ``conv2d(activation=relu)`` followed by ``batch_normalization``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int]) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel)
+        self.bn = nn.BatchNorm2d(out_channels, eps=TF_BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+class TimbralFilters(nn.Module):
+    """A timbral branch of musicnn: ``channels`` filters of 7 frames x
+    ``span`` mel bands (zero-padded 3 frames each side in time, none in
+    frequency), ReLU, BN, then the maximum over frequency:
+    ``(batch, 1, T, 96) -> (batch, channels, T)``."""
+
+    def __init__(self, channels: int, span: int) -> None:
+        super().__init__()
+        self.filters = ReluBatchNorm2d(1, channels, (7, span))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.filters(F.pad(x, (0, 0, 3, 3))).amax(dim=3)
+
+
+class TemporalFilters(nn.Module):
+    """A temporal branch of musicnn: ``channels`` filters of ``length`` frames
+    x 1 band with TensorFlow's ``same`` padding in time, ReLU, BN, then the
+    maximum over frequency: ``(batch, 1, T, 96) -> (batch, channels, T)``."""
+
+    def __init__(self, channels: int, length: int) -> None:
+        super().__init__()
+        self.padding = tf_same_padding(length)
+        self.filters = ReluBatchNorm2d(1, channels, (length, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.filters(F.pad(x, (0, 0, *self.padding))).amax(dim=3)
+
+
+class MidEndLayer(nn.Module):
+    """One mid-end layer: ``channels`` filters spanning all input channels
+    and 7 frames (TensorFlow writes it as a 2D convolution over (time,
+    channel)), ReLU, BN: ``(batch, in_channels, T) -> (batch, channels, T)``."""
+
+    def __init__(self, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(in_channels, channels, 7, padding=3)
+        self.bn = nn.BatchNorm1d(channels, eps=TF_BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(x)))
+
+
+def musicnn_front_end(n_mels: int = 96) -> LogMelSpectrogram:
+    """musicnn's input: librosa's mel spectrogram at 16 kHz (n_fft 512, hop
+    256, Slaney mel scale and normalisation, 0 to 8 kHz), ``log10(1 + 10000 x)``."""
+    return LogMelSpectrogram(sample_rate=SAMPLE_RATE, n_fft=512, hop_length=256, f_min=0.0, f_max=8000.0,
+                             n_mels=n_mels, mel_scale="slaney", norm="slaney", log="log1p")
+
+
+class PonsModel(Classifier):
+    """Base of Pons's models: musicnn's front end, input batch norm with
+    TensorFlow's epsilon, 187-frame patches (:data:`PATCH_SAMPLES`).
+    :class:`helpers.tagging.Tagger` cuts the spectrogram of a whole file
+    into ``patch_frames`` patches, as musicnn does."""
+
+    patch_frames = PATCH_FRAMES
+
+    def __init__(self, n_tags: int, min_frames: int = 1) -> None:
+        super().__init__(n_tags, n_mels=96, input_samples=PATCH_SAMPLES, min_frames=min_frames)
+        self.spec = musicnn_front_end()
+        self.spec_bn = nn.BatchNorm2d(1, eps=TF_BN_EPS)
+
+
+class PonsMusicnn(PonsModel):
+    """musicnn (Pons et al. 2019), the models ``MTT_musicnn`` and ``MSD_musicnn``.
+
+    Front end on the ``(T, 96)`` log-mel: ``timbral`` 204 filters of 7 x 38
+    and 204 of 7 x 67 bands (40 % and 70 % of the mel axis), ``temporal`` 51
+    filters each of 128, 64 and 32 frames, every branch max-pooled over
+    frequency and concatenated: 561 x T. Mid end: ``layer1`` 64 filters of 7
+    frames over the 561 channels; ``layer2``, ``layer3`` the same over 64, with
+    residual connections; concatenated with the front end: 753 x T. Back end:
+    max and mean over time (1,506), ``pool_bn``, dropout 0.5, ``dense`` 200
+    -> ReLU -> ``dense_bn`` (the embedding, musicnn's "penultimate"),
+    dropout 0.5, ``linear`` -> n_tags. Accepts any length.
+    """
+
+    name = "musicnn_pons"
+
+    def __init__(self, n_tags: int = 50) -> None:
+        super().__init__(n_tags)
+        self.timbral = nn.ModuleList([TimbralFilters(204, 38), TimbralFilters(204, 67)])
+        self.temporal = nn.ModuleList([TemporalFilters(51, length) for length in (128, 64, 32)])
+        self.layer1 = MidEndLayer(561, 64)
+        self.layer2 = MidEndLayer(64, 64)
+        self.layer3 = MidEndLayer(64, 64)
+        self.pool_bn = nn.BatchNorm1d(2 * 753, eps=TF_BN_EPS)
+        self.pool_dropout = nn.Dropout(0.5)
+        self.dense = nn.Linear(2 * 753, 200)
+        self.dense_bn = nn.BatchNorm1d(200, eps=TF_BN_EPS)
+        self.dropout = nn.Dropout(0.5)
+        self.linear = nn.Linear(200, n_tags)
+        self.embedding_dim = 200
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(2, 3)                                          # (batch, 1, T, 96): TensorFlow's layout
+        front = torch.cat([branch(x) for branch in (*self.timbral, *self.temporal)], dim=1)   # (batch, 561, T)
+        res1 = self.layer1(front)
+        res2 = self.layer2(res1) + res1
+        res3 = self.layer3(res2) + res2
+        h = torch.cat([front, res1, res2, res3], dim=1)               # (batch, 753, T)
+        pooled = torch.stack([h.amax(dim=2), h.mean(dim=2)], dim=2).flatten(1)   # max_c, mean_c, ...: 1,506
+        return self.dense_bn(F.relu(self.dense(self.pool_dropout(self.pool_bn(pooled)))))
+
+
+class PonsVGG(PonsModel):
+    """musicnn's VGG baseline, the models ``MTT_vgg`` and ``MSD_vgg``: five
+    blocks of 128 filters 3 x 3 (``same``) -> ReLU -> BN -> max pool (4 x 1
+    with stride 2, then 2 x 2 three times, then 4 x 4), dropout 0.25 after
+    each of the first four pools; flattened as TensorFlow does (time,
+    frequency, channel: 2 x 1 x 128 for a 187-frame patch), dropout 0.5,
+    ``linear`` -> n_tags. Takes exactly one patch of 187 frames; its
+    embedding is the flattened pool5 (256 values).
+    """
+
+    name = "vgg_pons"
+    POOLS = (((4, 1), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((2, 2), (2, 2)), ((4, 4), (4, 4)))
+
+    def __init__(self, n_tags: int = 50) -> None:
+        super().__init__(n_tags)
+        self.exact_length = True
+        channels = 1
+        for k, (pool, stride) in enumerate(self.POOLS, 1):
+            block = nn.Sequential(nn.Conv2d(channels, 128, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(128, eps=TF_BN_EPS),
+                                  nn.MaxPool2d(pool, stride))
+            setattr(self, f"layer{k}", block)
+            channels = 128
+        self.block_dropout = nn.Dropout(0.25)
+        self.dropout = nn.Dropout(0.5)
+        self.embedding_dim = 256
+        self.linear = nn.Linear(256, n_tags)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(2, 3)                                          # (batch, 1, T, 96)
+        for k in range(1, 6):
+            x = getattr(self, f"layer{k}")(x)
+            if k < 5:
+                x = self.block_dropout(x)
+        return x.permute(0, 2, 3, 1).flatten(1)                        # TensorFlow's (time, frequency, channel)
