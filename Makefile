@@ -5,7 +5,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+# musicnn's published models: the wheel's files only (--no-deps: its own requirements, TensorFlow 1 and
+# NumPy < 1.17, would break the environment; nothing of it is imported).
+MUSICNN := musicnn==0.1.0
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)-$(MUSICNN)
 PROFILE ?= cpu
 
 .PHONY: run test lab install data clean
@@ -13,6 +16,7 @@ PROFILE ?= cpu
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps $(MUSICNN)
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" > /dev/null
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -5,8 +5,9 @@
   run [--profile cpu] [--out DIR]    execute every notebook, write a summary
   student OUT_DIR                    write the student version of the notebooks
   grade SUBMISSION... [--out CSV]    execute and grade submitted notebooks
-  tag FILE... [--model CKPT] [--top K] [--taggram PNG] [--json]
-                                     tag audio files with a trained checkpoint
+  tag FILE... [--model MTT_musicnn|CKPT] [--top K] [--hop S] [--taggram PNG] [--json]
+                                     tag audio files with musicnn's published models
+                                     or a course checkpoint
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")          # the command line draws into files (taggrams), never on a screen
 
@@ -29,6 +31,7 @@ from .course.run import run_notebooks  # noqa: E402
 from .data import SPLITS, DatasetNotReadyError, TaggedAudio  # noqa: E402
 from .plots import plot_taggram  # noqa: E402
 from .prepare import mtat  # noqa: E402
+from .prepare.musicnn import PRETRAINED, PretrainedError, pretrained_checkpoint  # noqa: E402
 from .prepare.synth import SynthConfig, prepare_synthetic  # noqa: E402
 from .tagging import Tagger  # noqa: E402
 
@@ -139,15 +142,22 @@ def _grade(args: argparse.Namespace) -> int:
 
 def _tag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate)")
-    parser.add_argument("--model", metavar="CHECKPOINT", default=None,
-                        help="checkpoint to tag with (default: checkpoints/synthetic/best.pt, saved by notebooks 03 and 05)")
+    parser.add_argument("--model", metavar="MODEL", default="MTT_musicnn",
+                        help=f"a published model ({', '.join(PRETRAINED)}: Pons & Serra's musicnn, trained on "
+                             f"MagnaTagATune or the Million Song Dataset) or a course checkpoint, e.g. "
+                             f"checkpoints/mtat/best.pt (saved by notebooks 03 and 05). Default: MTT_musicnn")
     parser.add_argument("--top", type=int, default=5, metavar="K", help="how many tags to print (default 5)")
     parser.add_argument("--taggram", metavar="PNG", default=None,
                         help="also draw the taggram (time x tags) into this picture; with several files, one "
                              "picture each, named after PNG and the audio file (PNGSTEM_AUDIOSTEM.png)")
-    parser.add_argument("--hop", type=float, default=1.0, metavar="SECONDS",
-                        help="hop between analysis windows in seconds (default 1)")
+    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                        help="hop between analysis windows in seconds (default: 3 for the published models, "
+                             "musicnn's non-overlapping patches; 1 for course checkpoints)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of text")
+    parser.add_argument("--with-taggram", action="store_true",
+                        help="with --json: add each window's start (s) and tag probabilities")
+    parser.add_argument("--with-embedding", action="store_true",
+                        help="with --json: add the file's embedding (mean window embedding, L2-normalised)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
@@ -165,20 +175,31 @@ def _tag(args: argparse.Namespace) -> int:
     if args.top < 1:
         error(f"--top must be at least 1, got {args.top}")
         return 2
-    if args.hop <= 0:
+    if args.hop is not None and args.hop <= 0:
         error(f"--hop must be a positive number of seconds, got {args.hop}")
         return 2
-    ckpt = Path(args.model) if args.model else checkpoint_path("best", "synthetic")
-    if not ckpt.is_file():
-        how = ("" if args.model else " Notebooks 03 and 05 save it: run the course with `make run` (or "
-               "`python -m helpers run --only 00 01 02 03` for the quickest route to it), or pass --model CHECKPOINT.")
-        error(f"no checkpoint at {ckpt}.{how}")
-        return 2
+    if args.model in PRETRAINED:
+        try:
+            ckpt = pretrained_checkpoint(args.model)
+        except PretrainedError as e:
+            error(str(e))
+            return 2
+    else:
+        ckpt = Path(args.model)
+        if not ckpt.is_file():
+            error(f"no checkpoint at {ckpt}: pass a published model ({', '.join(PRETRAINED)}) or a course "
+                  f"checkpoint (notebooks 03 and 05 save checkpoints/<dataset>/best.pt; `make run` runs them)")
+            return 2
     try:
-        tagger = Tagger(ckpt, device=choose_device(args.device), hop_seconds=args.hop)
+        tagger = Tagger(ckpt, device=choose_device(args.device),
+                        hop_seconds=args.hop or (3.0 if args.model in PRETRAINED else 1.0))
     except (ValueError, KeyError, RuntimeError) as e:
         error(f"cannot use the checkpoint {ckpt}: {e}")
         return 2
+    if tagger.checkpoint.get("dataset") == "synthetic":
+        print(f"warning: {ckpt} was trained on the course's synthetic dataset: its tags describe synthetic "
+              f"music, not real recordings (for real tags use --model MTT_musicnn, or a model trained on MTAT)",
+              file=sys.stderr)
     results, failed = [], 0
     several = len(args.files) > 1
     for name in args.files:
@@ -194,16 +215,21 @@ def _tag(args: argparse.Namespace) -> int:
             failed += 1
             continue
         entry = result.to_dict(args.top)
+        if args.with_taggram:
+            entry["taggram"] = {"starts_s": [round(float(t), 3) for t in result.starts],
+                                "tags": result.tags, "probabilities": np.round(result.taggram, 4).tolist()}
+        if args.with_embedding:
+            entry["embedding"] = np.round(result.embedding, 6).tolist()
         if args.taggram:
             png = _taggram_path(Path(args.taggram), path, several)
             png.parent.mkdir(parents=True, exist_ok=True)
             fig = plot_taggram(result)
             fig.savefig(png, dpi=120, bbox_inches="tight")
             plt.close(fig)
-            entry["taggram"] = str(png)
+            entry["taggram_png"] = str(png)
         results.append(entry)
         if not args.json:
-            print(result.describe(args.top) + (f"\n  taggram: {entry['taggram']}" if args.taggram else ""))
+            print(result.describe(args.top) + (f"\n  taggram: {entry['taggram_png']}" if args.taggram else ""))
     if args.json:
         print(json.dumps(results, indent=1))
     return 1 if failed else 0

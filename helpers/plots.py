@@ -328,3 +328,19 @@ def plot_taggram(result, max_tags: int | None = 20, title: str | None = None, ax
     fig.tight_layout()
     return fig
 
+
+
+def plot_front_ends(course_db, musicnn_log, sample_rate: int = SAMPLE_RATE, hop: int = 256,
+                    title: str = "Two front ends of the field, on the same clip"):
+    """The course's log-mel (dB, HTK mel scale) beside musicnn's (Slaney mel
+    scale and normalisation, ``log10(1 + 10000 x)``), each ``(n_mels, frames)``."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.2), constrained_layout=True)
+    for ax, spec, name, unit in ((axes[0], course_db, "course: HTK mels, dB", "dB"),
+                                 (axes[1], musicnn_log, "musicnn: Slaney mels, log10(1 + 10000 x)", "")):
+        spec = np.asarray(spec)
+        im = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma",
+                       extent=(0, spec.shape[1] * hop / sample_rate, 0, spec.shape[0]))
+        ax.set(title=name, xlabel="time (s)", ylabel="mel band")
+        fig.colorbar(im, ax=ax, label=unit)
+    fig.suptitle(title)
+    return fig

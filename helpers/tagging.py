@@ -142,10 +142,14 @@ class Tagger:
     @torch.no_grad()
     def tag_waveform(self, wav: np.ndarray, source: str = "waveform", hop_seconds: float | None = None,
                      batch_size: int = 16) -> TagResult:
-        """Tag a 16 kHz mono float waveform ``(samples,)`` with sliding windows."""
+        """Tag a 16 kHz mono float waveform ``(samples,)`` with sliding windows
+        (models with ``patch_frames``, musicnn's: patches of the whole
+        signal's spectrogram, see :meth:`_tag_patches`)."""
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1 or len(wav) == 0:
             raise ValueError(f"expected a mono waveform of shape (samples,), got {wav.shape}")
+        if getattr(self.model, "patch_frames", None):
+            return self._tag_patches(wav, source, hop_seconds or self.hop_seconds, batch_size)
         hop = max(1, int(round((hop_seconds or self.hop_seconds) * SAMPLE_RATE)))
         starts = window_starts(len(wav), self.window, hop)
         padded = np.zeros(max(len(wav), self.window), dtype=np.float32)
@@ -162,6 +166,35 @@ class Tagger:
         return TagResult(source=source, duration=len(wav) / SAMPLE_RATE, window=self.window / SAMPLE_RATE,
                          tags=self.tags, probs=taggram.mean(0), taggram=taggram,
                          starts=np.asarray(starts, dtype=np.float64) / SAMPLE_RATE, embedding=emb,
+                         model_name=self.model_name)
+
+    def _tag_patches(self, wav: np.ndarray, source: str, hop_seconds: float, batch_size: int) -> TagResult:
+        """musicnn's way: the log-mel spectrogram of the whole signal, cut into
+        patches of ``patch_frames`` frames every ``hop`` frames (``hop_seconds``
+        converted as musicnn converts its 3 s input length: ``floor((t * 16000 -
+        256) / 256) + 1`` frames, so that a hop of 3 s gives 187 frames, musicnn's
+        non-overlapping patches), starting at frame 0;
+        frames after the last whole patch are left out, as musicnn does. A
+        signal shorter than one patch is zero-padded to one."""
+        model, n = self.model, self.model.patch_frames
+        # musicnn's conversion of a duration to frames (librosa.time_to_frames + 1): 3 s -> 187 frames, one patch
+        hop = max(1, int((hop_seconds * SAMPLE_RATE - model.spec.n_fft // 2) // model.spec.hop_length) + 1)
+        padded = np.zeros(max(len(wav), model.input_samples), dtype=np.float32)
+        padded[:len(wav)] = wav
+        spec = model.spec(torch.from_numpy(padded)[None].to(self.device))       # (1, 1, n_mels, frames)
+        starts = list(range(0, spec.shape[-1] - n + 1, hop))
+        probs, embs = [], []
+        for i in range(0, len(starts), batch_size):
+            x = torch.cat([spec[..., s:s + n] for s in starts[i:i + batch_size]])
+            z = model.features(model.spec_bn(x))
+            probs.append(torch.sigmoid(model.linear(z)).float().cpu())
+            embs.append(z.float().cpu())
+        taggram = torch.cat(probs).numpy()
+        emb = torch.nn.functional.normalize(torch.cat(embs).mean(0), dim=0).numpy()
+        hop_samples = model.spec.hop_length
+        return TagResult(source=source, duration=len(wav) / SAMPLE_RATE, window=n * hop_samples / SAMPLE_RATE,
+                         tags=self.tags, probs=taggram.mean(0), taggram=taggram,
+                         starts=np.asarray(starts, dtype=np.float64) * hop_samples / SAMPLE_RATE, embedding=emb,
                          model_name=self.model_name)
 
     def tag_file(self, path: str | os.PathLike, hop_seconds: float | None = None) -> TagResult:

@@ -1,5 +1,5 @@
 """The tagging command line: ``python -m helpers tag FILE... [--model CKPT]
-[--top K] [--taggram PNG] [--json]`` on wav, mp3 and stereo 44.1 kHz files,
+[--top K] [--taggram PNG] [--json]`` with a course checkpoint on wav, mp3 and stereo 44.1 kHz files,
 and its errors (missing or corrupt audio, missing or corrupt checkpoint): a
 message naming the file, a non-zero exit code, no traceback."""
 from __future__ import annotations
@@ -62,7 +62,7 @@ def test_json_and_taggram_pictures(files, capsys, tmp_path):
     assert len(result) == 1 and result[0]["file"].endswith("mono.wav")
     assert [t["tag"] in TAGS for t in result[0]["top_tags"]] == [True, True]
     assert result[0]["windows"] == 2 and result[0]["model"] == "cnn1d"      # 4 s: windows at 0 and 1 s
-    assert png.read_bytes()[:4] == b"\x89PNG" and result[0]["taggram"] == str(png)
+    assert png.read_bytes()[:4] == b"\x89PNG" and result[0]["taggram_png"] == str(png)
     # several files: one picture each, named after the audio file
     assert main(["tag", str(files / "mono.wav"), str(files / "clip.mp3"), "--model", str(files / "tiny.pt"),
                  "--taggram", str(tmp_path / "t.png")]) == 0
@@ -87,11 +87,13 @@ def test_checkpoint_errors(files, capsys, monkeypatch, tmp_path):
     err = capsys.readouterr().err
     assert "corrupt.pt" in err and err.startswith("error: ")
     assert main(["tag", str(files / "mono.wav"), "--model", str(tmp_path / "nowhere.pt")]) == 2
-    assert "nowhere.pt" in capsys.readouterr().err
-    monkeypatch.setenv("COURSE_CHECKPOINTS", str(tmp_path / "empty"))      # the default: no best.pt yet
+    err = capsys.readouterr().err
+    assert "nowhere.pt" in err and "MTT_musicnn" in err and "best.pt" in err
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)     # musicnn's files not installed
+    monkeypatch.setenv("COURSE_CHECKPOINTS", str(tmp_path / "empty"))        # nor converted yet
     assert main(["tag", str(files / "mono.wav")]) == 2
     err = capsys.readouterr().err
-    assert "best.pt" in err and "Notebooks 03 and 05" in err and "--model" in err
+    assert "pip install --no-deps musicnn==0.1.0" in err and err.startswith("error: ")
 
 
 def test_a_real_process_prints_no_traceback(files):

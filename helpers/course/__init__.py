@@ -2,7 +2,8 @@
 machinery around the notebooks.
 
 For the notebooks (importable from ``helpers.course``): the set-up
-(:func:`setup`, :func:`open_dataset`), the results (:func:`record_result`,
+(:func:`setup`, :func:`open_dataset`), musicnn's published models as course
+checkpoints (:func:`pretrained_checkpoint`), the results (:func:`record_result`,
 :func:`read_results`, :func:`format_results`, :func:`course_table`) and the
 exercises' self-checks (``check_*``).
 
@@ -12,7 +13,8 @@ calls them.
 """
 from .checks import check_cnn2d, check_recall_at_k, check_residual_block, check_top_k_tags
 from .results import course_table, format_results, read_results, record_result
-from .setup import open_dataset, setup, summary_line
+from .setup import PRETRAINED, open_dataset, pretrained_checkpoint, setup, summary_line
 
-__all__ = ["setup", "open_dataset", "summary_line", "record_result", "read_results", "format_results", "course_table",
+__all__ = ["setup", "open_dataset", "summary_line", "PRETRAINED", "pretrained_checkpoint", "record_result",
+           "read_results", "format_results", "course_table",
            "check_cnn2d", "check_recall_at_k", "check_residual_block", "check_top_k_tags"]
