@@ -136,8 +136,9 @@ class Tagger:
         self.device = next(model.parameters()).device
 
     def __repr__(self) -> str:
-        return (f"Tagger({self.model_name}, {len(self.tags)} tags, windows of {self.window / SAMPLE_RATE:.2f} s, "
-                f"hop {self.hop_seconds:g} s)")
+        frames = getattr(self.model, "patch_frames", None)
+        windows = (f"patches of {frames} frames" if frames else f"windows of {self.window / SAMPLE_RATE:.2f} s")
+        return f"Tagger({self.model_name}, {len(self.tags)} tags, {windows}, hop {self.hop_seconds:g} s)"
 
     @torch.no_grad()
     def tag_waveform(self, wav: np.ndarray, source: str = "waveform", hop_seconds: float | None = None,

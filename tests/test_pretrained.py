@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,85 @@ def test_a_model_of_the_synthetic_set_warns_on_real_audio(tmp_path, capsys):
                                                                    ["a", "b", "c"], dataset="synthetic"))
     assert main(["tag", str(CLIP), "--model", str(ckpt)]) == 0
     assert "synthetic dataset" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a tiny bundle, written here
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value: int | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return _varint(number << 3) + _varint(value)
+
+
+def _block(entries: list[tuple[bytes, bytes]], restart_every: int = 2) -> bytes:
+    """An SSTable block: prefix-compressed keys, restart points every ``restart_every`` entries."""
+    out, restarts, previous = bytearray(), [], b""
+    for i, (key, value) in enumerate(entries):
+        shared = 0
+        if i % restart_every == 0:
+            restarts.append(len(out))
+        else:
+            while shared < min(len(key), len(previous)) and key[shared] == previous[shared]:
+                shared += 1
+        out += _varint(shared) + _varint(len(key) - shared) + _varint(len(value)) + key[shared:] + value
+        previous = key
+    for r in restarts:
+        out += struct.pack("<I", r)
+    return bytes(out + struct.pack("<I", len(restarts)))
+
+
+def write_bundle(prefix: Path, tensors: dict[str, np.ndarray], entries_per_block: int = 2,
+                 compression: int = 0) -> None:
+    """A TensorFlow tensor bundle as TensorFlow writes it (uncompressed), for the reader's tests;
+    ``compression`` is the type byte written after each data block (1: snappy)."""
+    dtypes = {np.dtype("<f4"): 1, np.dtype("<i4"): 3, np.dtype("<i8"): 9, np.dtype("<f8"): 2}
+    data, rows = bytearray(), [(b"", _field(1, 1))]                      # the header: one shard, little-endian
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name]).copy(order="C")          # (ascontiguousarray makes a scalar 1-d)
+        shape = b"".join(_field(2, _field(1, d)) for d in array.shape)
+        rows.append((name.encode(), _field(1, dtypes[array.dtype]) + _field(2, shape) + _field(4, len(data))
+                     + _field(5, array.nbytes)))
+        data += array.tobytes()
+    index_file, index_entries = bytearray(), []
+    for start in range(0, len(rows), entries_per_block):
+        chunk = rows[start:start + entries_per_block]
+        block = _block(chunk)
+        index_entries.append((chunk[-1][0], _varint(len(index_file)) + _varint(len(block))))
+        index_file += block + bytes([compression]) + b"\0\0\0\0"          # compression type, CRC (not checked)
+    meta = _block([])
+    meta_handle = _varint(len(index_file)) + _varint(len(meta))
+    index_file += meta + b"\0\0\0\0\0"
+    index_block = _block(index_entries)
+    index_handle = _varint(len(index_file)) + _varint(len(index_block))
+    index_file += index_block + b"\0\0\0\0\0"
+    footer = (meta_handle + index_handle).ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
+    Path(f"{prefix}.index").write_bytes(bytes(index_file + footer))
+    Path(f"{prefix}.data-00000-of-00001").write_bytes(bytes(data))
+
+
+def test_the_reader_on_a_tiny_bundle_written_here(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"conv/kernel": rng.standard_normal((3, 5, 1, 2)).astype(np.float32),
+               "conv/kernelB": rng.standard_normal(7).astype(np.float32),      # shares a prefix with the last key
+               "dense/bias": np.arange(4, dtype=np.float32), "global_step": np.array(12, dtype=np.int64),
+               "scalar": np.array(0.5, dtype=np.float64), "table": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    write_bundle(tmp_path / "model.ckpt", tensors)
+    index = read_index(tmp_path / "model.ckpt")
+    assert sorted(index) == sorted(tensors)
+    assert index["conv/kernel"]["shape"] == (3, 5, 1, 2) and index["global_step"]["shape"] == ()
+    read = read_tensors(tmp_path / "model.ckpt")
+    for name, array in tensors.items():
+        assert read[name].dtype == array.dtype and np.array_equal(read[name], array), name
+    assert list(read_tensors(tmp_path / "model.ckpt", ["table"])) == ["table"]
+    write_bundle(tmp_path / "compressed", tensors, compression=1)
+    with pytest.raises(CheckpointError, match="compressed"):
+        read_index(tmp_path / "compressed")
