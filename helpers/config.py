@@ -46,12 +46,13 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-#: Run profiles. ``ci``: seconds per notebook (a few batches), for nbval.
+#: Run profiles. ``ci``: seconds per notebook (two batches of 16, for training
+#: and for validation), for nbval.
 #: ``cpu``: the default without a GPU, the course in minutes on 2 cores.
 #: ``gpu``: the full recipe on MagnaTagATune, with as many DataLoader workers
 #: as the machine has CPUs, up to 4 (more draw a warning from PyTorch).
 PROFILES: dict[str, dict[str, Any]] = {
-    "ci": {"epochs": 1, "max_batches": 2, "batch_size": 16, "num_workers": 0},
+    "ci": {"epochs": 1, "max_batches": 2, "batch_size": 16, "eval_batch_size": 16, "num_workers": 0},
     "cpu": {"epochs": 8, "max_batches": None, "batch_size": 16, "num_workers": 0},
     "gpu": {"epochs": 30, "max_batches": None, "batch_size": 16, "num_workers": min(4, usable_cpus())},
 }
