@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -156,18 +156,9 @@ class Tagger:
         padded = np.zeros(max(len(wav), self.window), dtype=np.float32)
         padded[:len(wav)] = wav
         frames = torch.from_numpy(np.stack([padded[s:s + self.window] for s in starts]))
-        probs, embs = [], []
-        for i in range(0, len(frames), batch_size):
-            x = frames[i:i + batch_size].to(self.device)
-            z = self.model.embed(x)
-            probs.append(torch.sigmoid(self.model.linear(z)).float().cpu())
-            embs.append(z.float().cpu())
-        taggram = torch.cat(probs).numpy()
-        emb = torch.nn.functional.normalize(torch.cat(embs).mean(0), dim=0).numpy()
-        return TagResult(source=source, duration=len(wav) / SAMPLE_RATE, window=self.window / SAMPLE_RATE,
-                         tags=self.tags, probs=taggram.mean(0), taggram=taggram,
-                         starts=np.asarray(starts, dtype=np.float64) / SAMPLE_RATE, embedding=emb,
-                         model_name=self.model_name)
+        batches = (self.model.embed(frames[i:i + batch_size].to(self.device)) for i in range(0, len(frames), batch_size))
+        return self._result(batches, source, len(wav), self.window / SAMPLE_RATE,
+                            np.asarray(starts, dtype=np.float64) / SAMPLE_RATE)
 
     def _tag_patches(self, wav: np.ndarray, source: str, hop_seconds: float, batch_size: int) -> TagResult:
         """musicnn's way: the log-mel spectrogram of the whole signal, cut into
@@ -178,24 +169,29 @@ class Tagger:
         frames after the last whole patch are left out, as musicnn does. A
         signal shorter than one patch is zero-padded to one."""
         model, n = self.model, self.model.patch_frames
-        # musicnn's conversion of a duration to frames (librosa.time_to_frames + 1): 3 s -> 187 frames, one patch
         hop = max(1, int((hop_seconds * SAMPLE_RATE - model.spec.n_fft // 2) // model.spec.hop_length) + 1)
         padded = np.zeros(max(len(wav), model.input_samples), dtype=np.float32)
         padded[:len(wav)] = wav
         spec = model.spec(torch.from_numpy(padded)[None].to(self.device))       # (1, 1, n_mels, frames)
         starts = list(range(0, spec.shape[-1] - n + 1, hop))
+        batches = (model.features(model.spec_bn(torch.cat([spec[..., s:s + n] for s in starts[i:i + batch_size]])))
+                   for i in range(0, len(starts), batch_size))
+        seconds_per_frame = model.spec.hop_length / SAMPLE_RATE
+        return self._result(batches, source, len(wav), n * seconds_per_frame,
+                            np.asarray(starts, dtype=np.float64) * seconds_per_frame)
+
+    def _result(self, embeddings: Iterator[torch.Tensor], source: str, n_samples: int, window: float,
+                starts: np.ndarray) -> TagResult:
+        """The :class:`TagResult` of the windows' embeddings ``(batch, dim)``, batch by batch:
+        their tag probabilities form the taggram, their normalised mean the file's embedding."""
         probs, embs = [], []
-        for i in range(0, len(starts), batch_size):
-            x = torch.cat([spec[..., s:s + n] for s in starts[i:i + batch_size]])
-            z = model.features(model.spec_bn(x))
-            probs.append(torch.sigmoid(model.linear(z)).float().cpu())
+        for z in embeddings:
+            probs.append(torch.sigmoid(self.model.linear(z)).float().cpu())
             embs.append(z.float().cpu())
         taggram = torch.cat(probs).numpy()
         emb = torch.nn.functional.normalize(torch.cat(embs).mean(0), dim=0).numpy()
-        hop_samples = model.spec.hop_length
-        return TagResult(source=source, duration=len(wav) / SAMPLE_RATE, window=n * hop_samples / SAMPLE_RATE,
-                         tags=self.tags, probs=taggram.mean(0), taggram=taggram,
-                         starts=np.asarray(starts, dtype=np.float64) * hop_samples / SAMPLE_RATE, embedding=emb,
+        return TagResult(source=source, duration=n_samples / SAMPLE_RATE, window=window, tags=self.tags,
+                         probs=taggram.mean(0), taggram=taggram, starts=starts, embedding=emb,
                          model_name=self.model_name)
 
     def tag_file(self, path: str | os.PathLike, hop_seconds: float | None = None) -> TagResult:

@@ -334,14 +334,13 @@ def test_the_gpu_profile_asks_for_no_more_workers_than_cpus():
     assert Recipe().for_profile("gpu").num_workers == PROFILES["gpu"]["num_workers"]
 
 
-class _InterruptInEpoch1(nn.Module):
+class _InterruptInEpoch1(_InterruptAfter):
     """Wraps a model; raises KeyboardInterrupt in the third training forward
     pass of epoch 1, after two optimiser steps changed the weights in memory."""
 
     def __init__(self, model):
-        super().__init__()
-        self.model, self.calls = model, 0
-        self.input_samples = model.input_samples
+        super().__init__(model, ckpt_dir=None)
+        self.calls = 0
 
     def forward(self, x):
         if self.training:
@@ -349,12 +348,6 @@ class _InterruptInEpoch1(nn.Module):
             if self.calls == 3:
                 raise KeyboardInterrupt
         return self.model(x)
-
-    def state_dict(self, *a, **kw):
-        return self.model.state_dict(*a, **kw)
-
-    def load_state_dict(self, *a, **kw):
-        return self.model.load_state_dict(*a, **kw)
 
 
 def test_runs_dir_finds_the_same_run_again_and_a_changed_one_gets_its_own(tiny_root, tmp_path, capsys):
