@@ -11,7 +11,9 @@ clear message when the loss becomes NaN. :func:`train_epochs` is that loop;
 :mod:`helpers.retrieval` trains embedders with it too.
 
 Predictions are made per chunk and averaged per clip (:func:`predict`,
-:func:`embed_clips`); :func:`evaluate` scores them.
+:func:`embed_clips`); :func:`evaluate` scores them. :func:`fit_logistic_probe`
+fits a linear model per tag on fixed features (a linear probe of a
+pretrained model's embeddings, a classical baseline).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ __all__ = ["CHECKPOINT_FORMAT", "TrainingDivergedError", "seed_everything", "Rec
            "ClipOutputs", "predict", "embed_clips", "embedding_of", "EMBEDDING_LAYERS", "evaluate",
            "EpochRecord", "History", "BatchLoss", "data_fingerprint", "architecture_fingerprint", "run_identity",
            "RunCheckpoints", "train_epochs", "training_loader", "TrainingTime", "format_duration",
-           "estimate_training_time", "fit"]
+           "estimate_training_time", "train_mode", "fit", "LogisticProbe", "fit_logistic_probe"]
 
 #: Version of what the course's checkpoints hold. 2 added the random states
 #: of a resumable run (``last.pt``); model checkpoints of version 1 hold the
@@ -480,13 +482,15 @@ def architecture_fingerprint(model: nn.Module) -> str:
 
 def run_identity(model: nn.Module, data: TaggedAudio, recipe: "Recipe", model_name: str,
                  model_options: dict | None, **extra: Any) -> dict[str, Any]:
-    """What identifies a training run: the model (name, options, layers), the
-    recipe (all but :attr:`Recipe.EXTENDABLE`), the data and ``extra`` (a
-    loss's settings). A run resumes only from a ``last.pt`` of the same
-    identity."""
+    """What identifies a training run: the model (name, options, layers, the
+    published weights it starts from, its frozen parameters), the recipe (all
+    but :attr:`Recipe.EXTENDABLE`), the data and ``extra`` (a loss's
+    settings). A run resumes only from a ``last.pt`` of the same identity."""
+    start = {"pretrained": model.pretrained} if getattr(model, "pretrained", None) else {}
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     return {"model_name": model_name, "model_options": dict(model_options or {}),
-            "architecture": architecture_fingerprint(model), "recipe": recipe.identity(),
-            "data": data_fingerprint(data), **extra}
+            "architecture": architecture_fingerprint(model), **start, **({"frozen": frozen} if frozen else {}),
+            "recipe": recipe.identity(), "data": data_fingerprint(data), **extra}
 
 
 @dataclass
@@ -552,6 +556,18 @@ class RunCheckpoints:
 
     def best_weights(self) -> dict | None:
         return _read_checkpoint(self.best)["state_dict"] if self.best and self.best.exists() else None
+
+
+def train_mode(model: nn.Module) -> nn.Module:
+    """``model.train()``, except that a batch-norm layer whose parameters are
+    all frozen (``requires_grad`` off) stays in evaluation mode: a frozen
+    layer keeps its statistics too."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine \
+                and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
+    return model
 
 
 def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoader, generator: torch.Generator,
@@ -629,7 +645,7 @@ def train_epochs(model: nn.Module, recipe: Recipe, *, name: str, loader: DataLoa
     epochs = tqdm(range(start_epoch, recipe.epochs + 1), desc=f"training {name}", unit="epoch",
                   disable=not progress, initial=start_epoch - 1, total=recipe.epochs)
     for epoch in epochs:
-        model.train()
+        train_mode(model)
         loss_sum, seen, clips, t0 = 0.0, 0, 0, time.perf_counter()
         batches = tqdm(islice(loader, recipe.max_batches), total=n_batches,
                        desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
@@ -709,8 +725,9 @@ class TrainingTime:
         return self.epochs * (self.train_batches * self.train_batch_s + self.valid_batches * self.valid_batch_s)
 
     def __str__(self) -> str:
-        return (f"{format_duration(self.seconds)}: {self.epochs} epochs of {self.train_batches} training batches "
-                f"at {1000 * self.train_batch_s:.0f} ms and {self.valid_batches} validation batches at "
+        epochs = f"{self.epochs} epoch" + ("s" if self.epochs != 1 else "")
+        return (f"{format_duration(self.seconds)}: {epochs} of {self.train_batches} training batches at "
+                f"{1000 * self.train_batch_s:.0f} ms and {self.valid_batches} validation batches at "
                 f"{1000 * self.valid_batch_s:.0f} ms")
 
 
@@ -840,3 +857,63 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
     return train_epochs(model, recipe, name=model_name, loader=loader, generator=generator, step=step,
                         validate=validate, history=History(), checkpoints=checkpoints, best_payload=best_payload,
                         device=device, progress=progress)
+
+
+# ----------------------------------------------------------------------------
+# A linear model on fixed features: probes and classical baselines
+# ----------------------------------------------------------------------------
+
+@dataclass
+class LogisticProbe:
+    """One L2-regularised logistic regression per tag on standardised
+    features (what a *linear probe* of a pretrained model's embeddings and
+    the classical baseline on hand-made features both are).
+
+    ``c``: the inverse regularisation strength chosen on validation;
+    ``mean``, ``scale``: the training features' standardisation; ``models``:
+    per tag, a fitted ``sklearn`` ``LogisticRegression``, or ``None`` for a
+    tag that is constant in the training set (predicted by its training
+    frequency, ``prior``)."""
+
+    c: float
+    mean: np.ndarray
+    scale: np.ndarray
+    models: list
+    prior: np.ndarray
+    valid_losses: dict[float, float] = field(default_factory=dict)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Features ``(n, dim)`` -> tag probabilities ``(n, n_tags)``."""
+        x = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+        return np.stack([m.predict_proba(x)[:, 1] if m is not None else np.full(len(x), p)
+                         for m, p in zip(self.models, self.prior)], axis=1)
+
+
+def fit_logistic_probe(train_x: np.ndarray, train_y: np.ndarray, valid_x: np.ndarray, valid_y: np.ndarray,
+                       cs: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)) -> LogisticProbe:
+    """Fit :class:`LogisticProbe` on ``(train_x (n, dim), train_y (n, n_tags))``
+    for each regularisation ``c`` in ``cs`` and keep the one with the lowest
+    validation loss (mean binary cross-entropy on ``valid_x``, ``valid_y``):
+    the choice is made on validation, never on test."""
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, valid_x = np.asarray(train_x, dtype=np.float64), np.asarray(valid_x, dtype=np.float64)
+    train_y, valid_y = np.asarray(train_y) > 0.5, np.asarray(valid_y) > 0.5
+    if train_x.ndim != 2 or train_y.shape != (len(train_x), train_y.shape[1]) or \
+            valid_x.shape[1:] != train_x.shape[1:] or valid_y.shape != (len(valid_x), train_y.shape[1]):
+        raise ValueError(f"features (n, dim) and labels (n, n_tags) must match: train {train_x.shape}, "
+                         f"{train_y.shape}; valid {valid_x.shape}, {valid_y.shape}")
+    mean, scale = train_x.mean(axis=0), train_x.std(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    prior = train_y.mean(axis=0)
+    x = (train_x - mean) / scale
+    best, losses = None, {}
+    for c in cs:
+        models = [LogisticRegression(C=c, max_iter=2000).fit(x, train_y[:, t]) if 0 < prior[t] < 1 else None
+                  for t in range(train_y.shape[1])]
+        probe = LogisticProbe(c, mean, scale, models, prior, losses)
+        p = np.clip(probe.predict_proba(valid_x), 1e-7, 1 - 1e-7)
+        losses[c] = float(-np.mean(valid_y * np.log(p) + (~valid_y) * np.log(1 - p)))
+        if best is None or losses[c] < losses[best.c]:
+            best = probe
+    return best

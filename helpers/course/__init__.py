@@ -3,7 +3,7 @@ machinery around the notebooks.
 
 For the notebooks (importable from ``helpers.course``): the set-up
 (:func:`setup`, :func:`open_dataset`), musicnn's published models as course
-checkpoints (:func:`pretrained_checkpoint`), the results (:func:`record_result`,
+checkpoints (:func:`pretrained_checkpoint`, :func:`pretrained_model`), the results (:func:`record_result`,
 :func:`read_results`, :func:`format_results`, :func:`course_table`) and the
 exercises' self-checks (``check_*``).
 
@@ -13,8 +13,9 @@ calls them.
 """
 from .checks import check_cnn2d, check_recall_at_k, check_residual_block, check_top_k_tags
 from .results import course_table, format_results, read_results, record_result
-from .setup import PRETRAINED, open_dataset, pretrained_checkpoint, setup, summary_line
+from .setup import PRETRAINED, open_dataset, pretrained_checkpoint, pretrained_model, setup, summary_line
 
-__all__ = ["setup", "open_dataset", "summary_line", "PRETRAINED", "pretrained_checkpoint", "record_result",
+__all__ = ["setup", "open_dataset", "summary_line", "PRETRAINED", "pretrained_checkpoint", "pretrained_model",
+           "record_result",
            "read_results", "format_results", "course_table",
            "check_cnn2d", "check_recall_at_k", "check_residual_block", "check_top_k_tags"]

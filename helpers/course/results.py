@@ -93,13 +93,15 @@ def format_results(rows: list[dict], columns: tuple = ("model", "notebook", "par
 #: results. Source ``W``: Won et al. 2020, clean split (15,244 / 1,529 / 4,332
 #: clips). ``H``: KAIST GCT634 HW2 (2021), the homework's subset (6,206 / 1,529
 #: / 1,339 clips): the given 1D baseline, one student's Q1 2D CNN, and the
-#: report in ``seed/`` (tuned 2D CNN, Recall@K).
+#: report in ``seed/`` (tuned 2D CNN, Recall@K). ``P``: Pons & Serra 2019, the
+#: ``experiment.result`` of musicnn's ``MTT_musicnn`` (its MTT test set).
 PUBLISHED_MTAT: dict[tuple[str, str], dict[str, Any]] = {
     ("cnn1d", "tagger"): {"roc_auc": 0.61, "source": "H"},
     ("cnn2d", "tagger"): {"roc_auc": 0.77, "source": "H"},
     ("cnn2d_tuned", "tagger"): {"roc_auc": 0.86, "source": "H"},
     ("crnn", "tagger"): {"roc_auc": 0.8722, "pr_auc": 0.3625, "source": "W"},
     ("musicnn", "tagger"): {"roc_auc": 0.9106, "pr_auc": 0.4493, "source": "W"},
+    ("musicnn_pons", "tagger"): {"roc_auc": 0.9067, "pr_auc": 0.3831, "source": "P"},
     ("short_chunk", "tagger"): {"roc_auc": 0.9126, "pr_auc": 0.4590, "source": "W"},
     ("short_chunk_res", "tagger"): {"roc_auc": 0.9129, "pr_auc": 0.4614, "source": "W"},
     ("linear_projection", "embedder"): {"recall": (0.339, 0.478, 0.610, 0.736), "source": "H"},
@@ -109,9 +111,10 @@ PUBLISHED_SOURCES = {
     "W": "Won et al. 2020, MTAT clean split (15,244 / 1,529 / 4,332 clips), full models, 200 epochs",
     "H": "KAIST GCT634 HW2 (2021), MTAT homework subset (6,206 / 1,529 / 1,339 clips): given 1D baseline, "
          "one student's Q1 2D CNN, and the report in seed/ (tuned 2D CNN, Recall@K)",
+    "P": "Pons & Serra 2019, musicnn's MTT_musicnn on its MTT test set (experiment.result of musicnn 0.1.0)",
 }
-_BUILD_NAMES = ("cnn1d", "cnn2d", "cnn2d_tuned", "crnn", "musicnn", "short_chunk", "short_chunk_res",
-                "linear_projection")
+_BUILD_NAMES = ("cnn1d", "cnn2d", "cnn2d_tuned", "crnn", "musicnn", "musicnn_pons", "short_chunk",
+                "short_chunk_res", "linear_projection")
 
 
 def published_mtat(model: str, trained_as: str = "tagger") -> dict[str, Any]:

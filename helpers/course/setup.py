@@ -22,10 +22,11 @@ import torch
 from ..config import DATASETS, DRIVE_FOLDER, choose_dataset, choose_mtat_split, data_root, in_colab, runtime_root
 from ..data import TaggedAudio
 from ..prepare.mtat import PUBLISHED_SIZES, prepare_mtat, summary_line
-from ..prepare.musicnn import PRETRAINED, pretrained_checkpoint
+from ..prepare.musicnn import PRETRAINED, pretrained_checkpoint, pretrained_model
 from ..prepare.synth import GENERATOR_VERSION, SynthConfig, prepare_synthetic
 
-__all__ = ["setup", "open_dataset", "summary_line", "drive_state_folder", "PRETRAINED", "pretrained_checkpoint"]
+__all__ = ["setup", "open_dataset", "summary_line", "drive_state_folder", "PRETRAINED", "pretrained_checkpoint",
+           "pretrained_model"]
 
 
 def drive_state_folder(folder: str = DRIVE_FOLDER) -> Path:

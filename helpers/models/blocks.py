@@ -287,6 +287,17 @@ class Classifier(SpectrogramModel):
         width = getattr(self, "width", 1.0)
         return f"{super().extra_repr()}, n_tags={self.n_tags}" + (f", width={width:g}" if width != 1.0 else "")
 
+    def new_tag_layer(self, n_tags: int) -> "Classifier":
+        """Replace the last layer by a freshly initialised one for ``n_tags``
+        tags (transfer learning: keep what the model learned, predict other
+        tags); returns the model."""
+        if n_tags < 1:
+            raise ValueError(f"n_tags must be at least 1, got {n_tags}")
+        old = self.linear
+        self.linear = nn.Linear(old.in_features, n_tags).to(old.weight.device)
+        self.n_tags = n_tags
+        return self
+
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Waveform ``(batch, samples)`` at 16 kHz -> logits ``(batch, n_tags)``."""
         z = self.embed(wav)

@@ -27,7 +27,7 @@ import torch
 
 from ..config import checkpoint_path, in_colab
 from ..models import build_model
-from ..train import model_checkpoint, save_checkpoint
+from ..train import load_checkpoint, model_checkpoint, save_checkpoint
 from .tf_checkpoint import read_tensors
 
 __all__ = ["PRETRAINED", "MTT_TAGS", "MSD_TAGS", "PretrainedError", "musicnn_package", "convert",
@@ -160,6 +160,18 @@ def convert(name: str, package: Path | None = None) -> dict:
     return model_checkpoint(model.eval(), model_name, list(tags), {}, label=f"{name} (Pons & Serra 2019, musicnn "
                             f"0.1.0)", pretrained=name, source="musicnn 0.1.0 (PyPI), ISC licence",
                             dataset="MagnaTagATune" if name.startswith("MTT") else "Million Song Dataset")
+
+
+def pretrained_model(name: str, n_tags: int | None = None) -> torch.nn.Module:
+    """The published model ``name`` in evaluation mode on the CPU; with
+    ``n_tags``, its tag layer replaced by a fresh one for ``n_tags`` tags
+    (for transfer learning). ``model.pretrained`` records ``name``: it is part
+    of the identity of a training run that starts from these weights."""
+    model, _ = load_checkpoint(pretrained_checkpoint(name), device="cpu")
+    if n_tags is not None:
+        model.new_tag_layer(n_tags)
+    model.pretrained = name
+    return model
 
 
 def pretrained_checkpoint(name: str) -> Path:
