@@ -40,7 +40,9 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from helpers.course.results import format_table  # noqa: E402
+from helpers.data import chunk_starts  # noqa: E402
 from helpers.models import MODEL_NAMES, Classifier, build_model  # noqa: E402
+from helpers.models.sota import WON_CRNN_SAMPLES  # noqa: E402
 from helpers.prepare.mtat import CLIP_SAMPLES, PUBLISHED_SIZES  # noqa: E402
 
 #: Dense float16 tensor-core peaks in FLOP/s (vendor data sheets).
@@ -58,9 +60,12 @@ GPU_PLAN = [
         ("5 blocks", {"n_blocks": 5}), ("residual blocks", {"residual": True}))],
     ("03", "final: the chosen configuration (5 blocks, the dearest)", "cnn2d_tuned", {"n_blocks": 5}, 20, 1),
     ("04", "linear projection, tag triplets", "linear_projection", {}, 3, 3),
-    *[("04", f"1D CNN embedder, run {run}", "cnn1d", {}, 30, 3) for run in "ABCD"],
+    *[("04", f"1D CNN embedder, run {run}", "cnn1d", {}, 30, 3) for run in ("A", "B", "C", "D", "D*")],
     ("04", "Musicnn embedder, run E", "musicnn", {}, 30, 3),
-    *[("05", name, name, {}, 20, 1) for name in ("crnn", "musicnn", "short_chunk", "short_chunk_res")],
+    ("05", "crnn on 29.1 s, as Won et al.", "crnn", {"input_samples": WON_CRNN_SAMPLES}, 20, 1),
+    *[("05", name, name, {}, 20, 1) for name in ("musicnn", "short_chunk", "short_chunk_res")],
+    # transfer learning: fine-tuning (counted as full training, an upper bound: its front end is frozen) and scratch
+    *[("05", f"Pons's musicnn, {how}", "musicnn_pons", {}, 20, 1) for how in ("fine-tuned", "from scratch")],
 ]
 
 
@@ -88,10 +93,10 @@ def training_flops_per_clip(name: str, batch_size: int = 16, n_tags: int = 50, *
 
 def validation_flops_per_clip(name: str, clip_samples: int = CLIP_SAMPLES, **options) -> float:
     """FLOPs of the forward passes that validate one clip of ``clip_samples``:
-    every whole training chunk of it, as :func:`helpers.train.predict` cuts
-    it (front end not counted)."""
+    every chunk that covers it, as :func:`helpers.train.predict` cuts it
+    (:func:`helpers.data.chunk_starts`; front end not counted)."""
     model = build_model(name, n_tags=50, **options).eval()
-    chunks = clip_samples // model.input_samples
+    chunks = len(chunk_starts(clip_samples, model.input_samples))
     wav = 0.1 * torch.randn(chunks, model.input_samples, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         spec = model.spec(model.check_input(wav))

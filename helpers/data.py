@@ -131,9 +131,32 @@ def _clips_of(data: TaggedAudio, split: str) -> np.ndarray:
     return rows
 
 
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Start offsets of the sliding windows over a signal of ``n_samples``.
+
+    Windows start every ``hop`` samples; one more window, aligned with the end,
+    is added when the last regular one stops short of it, so that every sample
+    is covered. A signal shorter than ``window`` gives the single start 0 (the
+    window is zero-padded).
+    """
+    if window < 1 or hop < 1:
+        raise ValueError(f"window and hop must be positive sample counts, got {window} and {hop}")
+    if n_samples <= window:
+        return [0]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return starts
+
+
 def chunk_starts(n_samples: int, chunk_samples: int) -> list[int]:
-    """Start offsets of the non-overlapping chunks of a clip (at least one)."""
-    return [k * chunk_samples for k in range(max(1, n_samples // chunk_samples))]
+    """Start offsets of the evaluation chunks of a clip: back to back, plus one
+    aligned with the clip's end when they stop short of it, so that every
+    sample is heard (a 6 s clip in 3.69 s chunks: two chunks that overlap by
+    1.4 s, not one that drops 39 % of the clip); a clip shorter than a chunk
+    gives one zero-padded chunk. The rule of :class:`helpers.tagging.Tagger`'s
+    sliding window with a hop of one chunk."""
+    return window_starts(n_samples, chunk_samples, chunk_samples)
 
 
 class RandomCropDataset(Dataset):
@@ -167,7 +190,8 @@ class RandomCropDataset(Dataset):
 
 
 class ChunkDataset(Dataset):
-    """Evaluation view: every non-overlapping chunk of every clip of ``split``.
+    """Evaluation view: the chunks of every clip of ``split`` that cover it
+    whole (:func:`chunk_starts`).
 
     Item ``j`` is ``(waveform, clip_position)``: float32 ``(chunk_samples,)``
     and the position of its clip in ``clip_indices`` (0 .. n_clips - 1), so
@@ -299,6 +323,21 @@ class SongTripletDataset(TripletDataset):
         j = int(torch.randint(len(self.song) - len(self.members[song]), ()))
         n = int(np.flatnonzero(self.song != song)[j])
         return a, p, n, song
+
+
+def clip_songs(data: TaggedAudio, split: str) -> np.ndarray:
+    """The song of every clip of ``split`` (:func:`song_of`), in the split's
+    order: the groups of a same-song-masked Recall@K."""
+    return np.array([song_of(data.clips[int(r)]["origin"]) for r in data.split_indices(split)])
+
+
+def positive_counts(data: TaggedAudio, split: str) -> dict[str, tuple[int, int]]:
+    """For every tag, how many clips of ``split`` carry it and from how many
+    songs: ``{tag: (clips, songs)}``."""
+    rows = data.split_indices(split)
+    songs = clip_songs(data, split)
+    labels = data.labels[rows] > 0
+    return {tag: (int(labels[:, t].sum()), len(set(songs[labels[:, t]]))) for t, tag in enumerate(data.tags)}
 
 
 def songs_with_several_clips(data: TaggedAudio, split: str) -> int:

@@ -123,12 +123,15 @@ def plot_mel_filterbank(filterbank, sample_rate: int = SAMPLE_RATE, title: str =
     return fig
 
 
-def plot_learning_curves(histories: dict, title: str = "Learning curves"):
+def plot_learning_curves(histories: dict, title: str = "Learning curves", floor: float | None = None):
     """Per-epoch curves of one or more training runs: ``histories`` maps a
     label to a :class:`helpers.train.History` (or its dict form). Left: the
-    training loss (dashed) and validation loss (solid); middle and right: the
-    validation macro ROC-AUC and PR-AUC."""
+    training loss (dashed) and validation loss (solid), with ``floor`` (the
+    validation loss of the prior-only predictor, which a model must beat) as
+    a grey line; middle and right: the validation macro ROC-AUC and PR-AUC."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    if floor is not None:
+        axes[0].axhline(floor, color="grey", lw=1.2, ls=":", label=f"prior only, validation ({floor:.3f})")
     for i, (label, h) in enumerate(histories.items()):
         colour = f"C{i}"
         epoch = _series(h, "epoch")
@@ -154,13 +157,16 @@ def plot_learning_curves(histories: dict, title: str = "Learning curves"):
 
 
 def plot_per_tag_scores(per_tag: dict, order=None, chance=0.5, metric: str = "ROC-AUC",
-                        title: str = "Test score of each tag"):
+                        title: str = "Test score of each tag", counts: dict | None = None):
     """Grouped bars of a per-tag score for one or more models: ``per_tag``
     maps a model label to ``{tag: score}``. ``order``: the tags to draw, in
     order (default: the first model's tags, best first); the figure's size
     depends only on their number. ``chance``: what random
     guessing scores, one number (a dashed line, 0.5 for ROC-AUC) or ``{tag:
-    value}`` (a black mark per tag, the tag's frequency for PR-AUC)."""
+    value}`` (a black mark per tag, e.g. its exact chance PR-AUC).
+    ``counts``: ``{tag: (positive clips, their songs)}`` of the test split
+    (:func:`helpers.data.positive_counts`), written under each tag: a score
+    measured on 4 clips of 2 songs is not one measured on 60."""
     labels = list(per_tag)
     first = per_tag[labels[0]]
     tags = list(order) if order is not None else sorted(first, key=lambda t: -first[t])
@@ -172,12 +178,13 @@ def plot_per_tag_scores(per_tag: dict, order=None, chance=0.5, metric: str = "RO
                label=label, color=f"C{i}")
     if isinstance(chance, dict):
         ax.scatter(x, [chance.get(t, np.nan) for t in tags], marker="_", s=120, color="black", zorder=3,
-                   label="chance (the tag's frequency)")
+                   label="chance")
     elif chance is not None:
         ax.axhline(chance, color="black", lw=0.9, ls="--", label=f"chance ({chance:g})")
-    ax.set_xticks(x, tags, rotation=75, fontsize=8)
+    names = [f"{t} ({counts[t][0]}/{counts[t][1]})" if counts and t in counts else t for t in tags]
+    ax.set_xticks(x, names, rotation=75, fontsize=8)
     ax.set_xlim(-0.7, len(tags) - 0.3)
-    ax.set_xlabel("tag")
+    ax.set_xlabel("tag (positive test clips / their songs)" if counts else "tag")
     ax.set_ylabel(f"test {metric}")
     ax.set_ylim(0, 1.14)                    # headroom for the legend above the bars
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -247,21 +254,28 @@ def plot_recall_at_k(results: dict, title: str = "Multi-label Recall@K on the te
 
 
 def plot_triplet_histories(histories: dict, title: str = "Metric learning: training curves"):
-    """Training triplet loss and validation mean Recall@K (mean of R@1/2/4/8)
-    per epoch for several runs (``label -> helpers.retrieval.TripletHistory``)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    """Per epoch, for several runs (``label -> helpers.retrieval.TripletHistory``):
+    the training triplet loss, the share of training triplets whose loss was
+    zero (already ranked right by the margin: they give no gradient), and the
+    validation mean Recall@K (mean of R@1/2/4/8, query's song left out)."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 3.6))
     for label, h in histories.items():
         ax1.plot(h.epoch, h.train_loss, marker="o", label=label)
-        ax2.plot(h.epoch, h.valid_score, marker="o", label=label)
+        share = getattr(h, "zero_loss_share", None)
+        if share:
+            ax2.plot(h.epoch[:len(share)], share, marker="o", label=label)
+        ax3.plot(h.epoch, h.valid_score, marker="o", label=label)
     ax1.set_title("training triplet loss")
-    ax1.set_xlabel("epoch")
     ax1.set_ylabel("mean triplet loss")
-    ax2.set_title("validation: mean of R@1, R@2, R@4, R@8")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("mean Recall@K")
-    for ax in (ax1, ax2):
+    ax2.set_title("training triplets with zero loss")
+    ax2.set_ylabel("share of the epoch's triplets")
+    ax2.set_ylim(0, 1)
+    ax3.set_title("validation: mean of R@1, R@2, R@4, R@8")
+    ax3.set_ylabel("mean Recall@K")
+    for ax in (ax1, ax2, ax3):
+        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

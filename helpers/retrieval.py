@@ -12,19 +12,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .config import choose_device
-from .data import ChunkDataset, TaggedAudio, triplet_dataset
-from .metrics import recall_at_ks
+from .data import ChunkDataset, TaggedAudio, clip_songs, triplet_dataset
+from .metrics import recall_at_ks, same_group_top1
 from .train import (HOMEWORK_RECIPE, BatchLoss, EpochRecord, Recipe, RunCheckpoints, autocast, embed_clips,
                     embedding_of, model_checkpoint, run_identity, seed_everything, train_epochs, training_loader)
 
-__all__ = ["DISTANCES", "triplet_loss", "similarity_matrix", "evaluate_retrieval", "TripletHistory", "fit_triplet"]
+__all__ = ["DISTANCES", "triplet_loss", "similarity_matrix", "retrieval_report", "evaluate_retrieval", "TripletHistory",
+           "fit_triplet"]
 
 #: Distances for the triplet loss and for retrieval.
 DISTANCES = ("cosine", "euclidean")
@@ -41,8 +42,9 @@ def _closeness(x: torch.Tensor, y: torch.Tensor, distance: str) -> torch.Tensor:
 
 def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 0.4,
                  distance: str = "cosine", hard_negatives: float | None = None,
-                 keys: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean triplet loss of embeddings ``(batch, dim)``.
+                 keys: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+    """Mean triplet loss of embeddings ``(batch, dim)`` (``reduction='none'``:
+    the ``(batch,)`` loss of each triplet).
 
     ``cosine`` (the homework's): ``relu(margin - cos(a, p) + cos(a, n))``;
     ``euclidean``: ``relu(margin + |a - p| - |a - n|)`` on the raw (not
@@ -81,7 +83,12 @@ def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.T
             excluded[:, b:2 * b] |= same
         k = max(1, math.ceil(hard_negatives * int((~excluded).sum(1).min())))
         close_n = close.masked_fill(excluded, -math.inf).topk(k, dim=1).values.mean(1)
-    return torch.relu(margin - close_p + close_n).mean()
+    losses = torch.relu(margin - close_p + close_n)
+    if reduction == "none":
+        return losses
+    if reduction != "mean":
+        raise ValueError(f"unknown reduction {reduction!r}: use 'mean' or 'none'")
+    return losses.mean()
 
 
 def similarity_matrix(embeddings: np.ndarray, distance: str = "cosine") -> np.ndarray:
@@ -96,21 +103,41 @@ def similarity_matrix(embeddings: np.ndarray, distance: str = "cosine") -> np.nd
     raise ValueError(f"unknown distance {distance!r}: use one of {DISTANCES}")
 
 
+def retrieval_report(embeddings: np.ndarray, labels: np.ndarray, songs: Sequence, distance: str = "cosine",
+                     ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any]:
+    """Recall@K of clip embeddings ``(N, dim)`` with labels ``(N, T)``, two
+    ways: ``other songs`` (neighbours from the query's own song, ``songs``,
+    left out: what a clip's embedding knows beyond recognising its song) and
+    ``all clips`` (the homework's definition); ``same_song_top1``: the share of
+    queries whose nearest clip is one of their own song's. The K that the
+    songs leave room for are kept."""
+    sim = similarity_matrix(embeddings, distance)
+    songs = np.asarray(songs)
+    _, codes = np.unique(songs, return_inverse=True)
+    room = len(songs) - np.bincount(codes.reshape(-1)).max()          # fewest clips outside a query's song
+    masked_ks = tuple(k for k in ks if k <= room)
+    return {"other songs": recall_at_ks(sim, labels, masked_ks, groups=songs) if masked_ks else {},
+            "all clips": recall_at_ks(sim, labels, tuple(k for k in ks if k < len(songs))),
+            "same_song_top1": same_group_top1(sim, songs)}
+
+
 def evaluate_retrieval(model: nn.Module, data: TaggedAudio, split: str = "test", distance: str = "cosine",
                        ks: tuple[int, ...] = (1, 2, 4, 8), chunk_samples: int | None = None, batch_size: int = 64,
                        device: str | torch.device | None = None, progress: bool = True,
-                       max_batches: int | None = None,
-                       embedding: str = "output") -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+                       max_batches: int | None = None, embedding: str = "output",
+                       exclude_same_song: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Multi-label Recall@K of ``model``'s clip embeddings on ``split``.
 
     A clip's embedding is the mean of its chunk embeddings at layer
     ``embedding`` (``output`` or ``penultimate``, see
     :func:`helpers.train.embedding_of`); clips are ranked by cosine
     similarity or Euclidean distance of these (raw) means, the query itself
-    excluded. Returns ``({'R@1': ..., ...}, embeddings (n_clips, dim), labels
-    (n_clips, n_tags))``, the embeddings L2-normalised for ``cosine`` and raw
-    for ``euclidean``. ``max_batches`` (the ``ci`` profile) keeps only the
-    clips of the first batches.
+    excluded, and with ``exclude_same_song`` every clip of the query's own
+    song too (:func:`helpers.data.clip_songs`). Returns ``({'R@1': ..., ...},
+    embeddings (n_clips, dim), labels (n_clips, n_tags))``, the embeddings
+    L2-normalised for ``cosine`` and raw for ``euclidean``, in the split's
+    order. ``max_batches`` (the ``ci`` profile) keeps only the clips of the
+    first batches (the first clips of the split).
     """
     chunks = ChunkDataset(data, split, chunk_samples or getattr(model, "input_samples", 48000))
     out = embed_clips(model, chunks, embedding, batch_size=batch_size, device=device, progress=progress,
@@ -121,6 +148,11 @@ def evaluate_retrieval(model: nn.Module, data: TaggedAudio, split: str = "test",
     ks = tuple(k for k in ks if k < len(emb))
     if not ks:
         raise ValueError(f"only {len(emb)} clips in {split!r}: too few for Recall@K")
+    if exclude_same_song:
+        recall = retrieval_report(emb, y, clip_songs(data, split)[out.seen], distance, ks)["other songs"]
+        if not recall:
+            raise ValueError(f"the clips of {split!r} leave no room for Recall@K outside the query's song")
+        return recall, emb, y
     return recall_at_ks(similarity_matrix(emb, distance), y, ks), emb, y
 
 
@@ -139,7 +171,9 @@ class TripletHistory(EpochRecord):
 
     ``valid_recall`` holds each epoch's ``{'R@1': ..., 'R@8': ...}`` on the
     validation split; ``valid_score`` their mean, whose highest value selects
-    the best epoch.
+    the best epoch; ``zero_loss_share`` the share of the epoch's training
+    triplets whose loss was zero (already ranked right by the margin: they
+    teach nothing).
     """
 
     score_field: ClassVar[str] = "valid_score"
@@ -147,6 +181,7 @@ class TripletHistory(EpochRecord):
 
     valid_recall: list[dict] = field(default_factory=list)
     valid_score: list[float] = field(default_factory=list)
+    zero_loss_share: list[float] = field(default_factory=list)
 
 
 def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, model_name: str = "model",
@@ -163,9 +198,9 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
     anchor, positive and negative go through the model in one batch of
     ``3 * batch_size`` and :func:`triplet_loss` (``margin``, ``distance``,
     ``hard_negatives``) is minimised on their embeddings at layer
-    ``embedding``. After every epoch the validation Recall@1/2/4/8
-    (:func:`evaluate_retrieval`, same ``distance`` and ``embedding``) is
-    measured; its mean selects the best epoch and drives ReduceLROnPlateau
+    ``embedding``. After every epoch the validation Recall@1/2/4/8 with the
+    query's own song left out (:func:`retrieval_report`, same ``distance``
+    and ``embedding``) is measured; its mean selects the best epoch and drives ReduceLROnPlateau
     (mode max). Stopping rules, checkpoints (``checkpoint_dir`` or ``runs_dir``: ``last.pt`` to resume,
     ``best.pt`` a model checkpoint with ``trained_as='embedder'``), exact
     resume and the NaN stop are those of :func:`helpers.train.fit`. At the
@@ -183,18 +218,29 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
     chunk = getattr(model, "input_samples", 48000)
     loader = training_loader(triplet_dataset(data, "train", chunk, sampling), recipe, generator, device)
 
+    zero = {"triplets": 0, "zero": 0}                    # this epoch's triplets, and those with a zero loss
+
     def step(batch: tuple) -> BatchLoss:
         a, p, n, keys = batch
         with autocast(device, recipe.amp):
             z = embed(torch.cat([a, p, n]).to(device, non_blocking=True))
         za, zp, zn = z.float().chunk(3)
-        return BatchLoss(triplet_loss(za, zp, zn, margin, distance, hard_negatives, keys), len(a), 3 * len(a))
+        losses = triplet_loss(za, zp, zn, margin, distance, hard_negatives, keys, reduction="none")
+        zero["triplets"] += len(losses)
+        zero["zero"] += int((losses.detach() == 0).sum())
+        return BatchLoss(losses.mean(), len(a), 3 * len(a))
+
+    valid_songs = clip_songs(data, "valid")
 
     def validate() -> dict:
-        recall, _, _ = evaluate_retrieval(model, data, "valid", distance, batch_size=recipe.eval_batch_size,
-                                          device=device, progress=False, max_batches=recipe.max_batches,
-                                          embedding=embedding)
-        return {"valid_recall": recall, "valid_score": float(np.mean(list(recall.values())))}
+        _, emb, y = evaluate_retrieval(model, data, "valid", distance, batch_size=recipe.eval_batch_size,
+                                       device=device, progress=False, max_batches=recipe.max_batches,
+                                       embedding=embedding)
+        report = retrieval_report(emb, y, valid_songs[:len(emb)], distance)
+        recall = report["other songs"] or report["all clips"]     # a split too small to leave a song out: all
+        share = zero["zero"] / max(zero["triplets"], 1)           # validate() closes the epoch: count the next
+        zero.update(triplets=0, zero=0)
+        return {"valid_recall": recall, "valid_score": float(np.mean(list(recall.values()))), "zero_loss_share": share}
 
     def best_payload(epoch: int, values: dict) -> dict:
         return model_checkpoint(model, model_name, _output_names(model, data.tags), model_options, epoch=epoch,

@@ -32,28 +32,10 @@ from torch import nn
 
 from .audio import load_audio
 from .config import SAMPLE_RATE
-from .data import ChunkDataset, TaggedAudio
+from .data import ChunkDataset, TaggedAudio, window_starts
 from .train import embed_clips, load_checkpoint
 
 __all__ = ["TagResult", "Tagger", "ClipIndex", "window_starts"]
-
-
-def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
-    """Start offsets of the sliding windows over a signal of ``n_samples``.
-
-    Windows start every ``hop`` samples; one more window, aligned with the end,
-    is added when the last regular one stops short of it, so that every sample
-    is covered. A signal shorter than ``window`` gives the single start 0 (the
-    window is zero-padded).
-    """
-    if window < 1 or hop < 1:
-        raise ValueError(f"window and hop must be positive sample counts, got {window} and {hop}")
-    if n_samples <= window:
-        return [0]
-    starts = list(range(0, n_samples - window + 1, hop))
-    if starts[-1] + window < n_samples:
-        starts.append(n_samples - window)
-    return starts
 
 
 @dataclass

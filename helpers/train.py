@@ -34,8 +34,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .audio import LogMelSpectrogram
 from .config import PROFILES, atomic_write, choose_device, choose_profile, tqdm
-from .data import ChunkDataset, RandomCropDataset, TaggedAudio
+from .data import ChunkDataset, RandomCropDataset, TaggedAudio, clip_songs
 from .metrics import TaggingScores, tagging_scores
 from .models import build_model
 
@@ -43,9 +44,10 @@ __all__ = ["CHECKPOINT_FORMAT", "TrainingDivergedError", "seed_everything", "Rec
            "amp_dtype", "autocast", "grad_scaler", "optimizer_step", "make_optimizer",
            "save_checkpoint", "model_checkpoint", "load_checkpoint",
            "ClipOutputs", "predict", "embed_clips", "embedding_of", "EMBEDDING_LAYERS", "evaluate",
-           "EpochRecord", "History", "BatchLoss", "data_fingerprint", "architecture_fingerprint", "run_identity",
+           "EpochRecord", "History", "kept_value", "best_on_validation", "BatchLoss", "data_fingerprint", "architecture_fingerprint", "run_identity",
            "RunCheckpoints", "train_epochs", "training_loader", "TrainingTime", "format_duration",
-           "estimate_training_time", "train_mode", "fit", "LogisticProbe", "fit_logistic_probe"]
+           "estimate_training_time", "train_mode", "fit", "LogisticProbe", "log_mel_statistics",
+           "fit_logistic_probe"]
 
 #: Version of what the course's checkpoints hold. 2 added the random states
 #: of a resumable run (``last.pt``); model checkpoints of version 1 hold the
@@ -362,17 +364,21 @@ def embed_clips(model: nn.Module, chunks: ChunkDataset, layer: str = "output", n
 
 def evaluate(model: nn.Module, data: TaggedAudio, split: str = "test", chunk_samples: int | None = None,
              batch_size: int = 64, device: str | torch.device | None = None, progress: bool = True,
-             max_batches: int | None = None) -> tuple[TaggingScores, np.ndarray, np.ndarray]:
-    """Tagging scores of ``model`` on ``split`` with chunk-averaged predictions.
+             max_batches: int | None = None, bootstrap: int = 1000) -> tuple[TaggingScores, np.ndarray, np.ndarray]:
+    """Tagging scores of ``model`` on ``split`` with chunk-averaged predictions
+    (every clip covered whole, :func:`helpers.data.chunk_starts`).
 
     Returns ``(scores, probabilities (n_clips, n_tags), labels (n_clips, n_tags))``.
-    ``max_batches`` (the ``ci`` profile) scores only the clips of the first
-    batches.
+    The scores carry 95 % intervals of the macro ROC-AUC and PR-AUC from
+    ``bootstrap`` resamples of the split's songs
+    (:func:`helpers.metrics.bootstrap_intervals`; 0: none). ``max_batches``
+    (the ``ci`` profile) scores only the clips of the first batches.
     """
     chunks = ChunkDataset(data, split, chunk_samples or getattr(model, "input_samples", 48000))
     out = predict(model, chunks, batch_size, device, progress, max_batches=max_batches)
     probs, y = out.values[out.seen], chunks.labels.numpy()[out.seen]
-    return tagging_scores(y, probs, data.tags), probs, y
+    songs = clip_songs(data, split)[out.seen] if bootstrap else None
+    return tagging_scores(y, probs, data.tags, groups=songs, n_boot=bootstrap), probs, y
 
 
 # ----------------------------------------------------------------------------
@@ -422,6 +428,25 @@ class History(EpochRecord):
     valid_loss: list[float] = field(default_factory=list)
     valid_roc_auc: list[float] = field(default_factory=list)
     valid_pr_auc: list[float] = field(default_factory=list)
+
+
+def kept_value(history: EpochRecord, metric: str) -> float:
+    """The value of ``metric`` (a per-epoch field, e.g. ``valid_roc_auc``) at
+    the epoch the run kept (:attr:`EpochRecord.best_epoch`)."""
+    return float(getattr(history, metric)[history.epoch.index(history.best_epoch)])
+
+
+def best_on_validation(histories: dict[str, EpochRecord], metric: str = "valid_roc_auc",
+                       higher_is_better: bool = True) -> str:
+    """The key of the run whose kept epoch is best on the validation
+    ``metric``: how the course chooses between runs (the test split is
+    measured once, for the chosen one, and never chooses). NaN counts as worst;
+    ties go to the first run."""
+    if not histories:
+        raise ValueError("no runs to choose from")
+    sign = 1.0 if higher_is_better else -1.0
+    values = {name: kept_value(h, metric) for name, h in histories.items()}
+    return max(values, key=lambda name: -math.inf if math.isnan(values[name]) else sign * values[name])
 
 
 class BatchLoss(NamedTuple):
@@ -882,11 +907,55 @@ class LogisticProbe:
     prior: np.ndarray
     valid_losses: dict[float, float] = field(default_factory=dict)
 
+    def as_linear(self) -> nn.Linear:
+        """The probe as a PyTorch layer on the raw (unstandardised) features:
+        ``sigmoid(layer(x))`` equals :meth:`predict_proba` (a constant tag: its
+        prior's logit). It can start the tag layer of a model being fine-tuned
+        (linear probing, then fine-tuning: Kumar et al. 2022)."""
+        weight = np.zeros((len(self.models), len(self.mean)))
+        bias = np.zeros(len(self.models))
+        for t, (m, p) in enumerate(zip(self.models, self.prior)):
+            if m is None:
+                q = float(np.clip(p, 1e-6, 1 - 1e-6))
+                bias[t] = math.log(q / (1 - q))
+            else:
+                weight[t] = m.coef_[0] / self.scale
+                bias[t] = m.intercept_[0] - float(np.sum(m.coef_[0] * self.mean / self.scale))
+        layer = nn.Linear(len(self.mean), len(self.models))
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(weight))
+            layer.bias.copy_(torch.from_numpy(bias))
+        return layer
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Features ``(n, dim)`` -> tag probabilities ``(n, n_tags)``."""
         x = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
         return np.stack([m.predict_proba(x)[:, 1] if m is not None else np.full(len(x), p)
                          for m, p in zip(self.models, self.prior)], axis=1)
+
+
+def log_mel_statistics(data: TaggedAudio, split: str, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The classical features of a clip: the mean and the standard deviation
+    over time of each band of its log-mel spectrogram (the course's front end,
+    whole clip). Returns ``(features (n_clips, 2 * 96), labels (n_clips,
+    n_tags))`` for the clips of ``split``, in the split's order."""
+    front_end = LogMelSpectrogram()
+    rows = data.split_indices(split)
+    lengths = [data.clips[int(r)]["n_samples"] for r in rows]
+    batches, start = [], 0                         # runs of up to 64 clips of one length, computed together
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and end - start < 64 and lengths[end] == lengths[start]:
+            end += 1
+        batches.append((start, end))
+        start = end
+    features = np.zeros((len(rows), 2 * front_end.n_mels), dtype=np.float32)
+    with torch.no_grad():
+        for start, end in tqdm(batches, desc=f"log-mel statistics of {split}", unit="batch", disable=not progress):
+            waves = torch.from_numpy(np.stack([data.waveform(int(r)) for r in rows[start:end]]))
+            spec = front_end(waves)[:, 0]                                    # (clips, 96, frames)
+            features[start:end] = torch.cat([spec.mean(dim=2), spec.std(dim=2)], dim=1).numpy()
+    return features, data.labels[rows].astype(np.float32)
 
 
 def fit_logistic_probe(train_x: np.ndarray, train_y: np.ndarray, valid_x: np.ndarray, valid_y: np.ndarray,

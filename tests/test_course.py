@@ -76,3 +76,21 @@ def test_read_results_keeps_the_latest_record_and_filters_by_run(tmp_path, monke
     assert [r["model"] for r in read_results(profile="ci", dataset="synthetic")] == ["cnn2d"]
     assert [r["model"] for r in read_results(dataset="mtat")] == ["crnn"]
     assert read_results(tmp_path / "missing.jsonl") == []
+
+
+def test_comparison_table_puts_the_homeworks_mtat_figures_beside_ours_and_labels_them():
+    from helpers.course.results import comparison_table
+    rows = [{"model": "prior", "label": "prior only", "trained_as": "baseline", "params": 31, "roc_auc": 0.5,
+             "pr_auc": 0.17},
+            {"model": "cnn1d", "label": "1D CNN", "params": 16673, "epochs": 10, "train_clips_per_s": 878.4,
+             "roc_auc": 0.6629, "pr_auc": 0.3159},
+            {"model": "cnn2d_tuned", "label": "tuned", "params": 298657, "roc_auc": 0.8467, "pr_auc": 0.5065},
+            {"model": "crnn", "label": "CRNN", "roc_auc": 0.7, "pr_auc": 0.3}]
+    lines = comparison_table(rows).splitlines()
+    assert "homework's MTAT ROC-AUC" in lines[0]
+    by_label = {line.split("  ")[0].strip(): line for line in lines[2:6]}
+    assert by_label["1D CNN"].rstrip().endswith("0.61") and "878" in by_label["1D CNN"]
+    assert by_label["tuned"].rstrip().endswith("0.86")
+    assert by_label["prior only"].rstrip().endswith("-")
+    assert by_label["CRNN"].rstrip().endswith("-")                # Won et al.'s figure is not the homework's
+    assert "not a result of this run" in lines[-1]

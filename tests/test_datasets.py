@@ -89,9 +89,13 @@ def test_chunks_cover_every_clip_and_pad_short_ones(tiny_root):
     d = TaggedAudio(tiny_root)
     ds = ChunkDataset(d, "test", 16000)
     n_per_clip = len(chunk_starts(d.clips[int(ds.clip_indices[0])]["n_samples"], 16000))
-    assert n_per_clip == 3 and len(ds) == 3 * ds.n_clips                  # 3.5 s clips: 3 chunks of 1 s
-    x, pos = ds[4]
+    assert n_per_clip == 4 and len(ds) == 4 * ds.n_clips                  # 3.5 s clips: 3 chunks of 1 s + the end
+    x, pos = ds[5]
     assert pos == 1 and torch.equal(x, torch.from_numpy(d.waveform(int(ds.clip_indices[1]))[16000:32000]))
+    x, pos = ds[7]                                                         # the last chunk ends with the clip
+    assert pos == 1 and torch.equal(x, torch.from_numpy(d.waveform(int(ds.clip_indices[1]))[-16000:]))
+    assert chunk_starts(56000, 16000) == [0, 16000, 32000, 40000] and chunk_starts(48000, 16000) == [0, 16000, 32000]
+    assert chunk_starts(96000, 59049) == [0, 36951]                        # a 6 s clip in 3.69 s chunks: all of it
     long = ChunkDataset(d, "test", 80000)                                  # longer than a clip: one padded chunk
     x, _ = long[0]
     assert len(long) == long.n_clips and x.shape == (80000,) and torch.all(x[56000:] == 0)

@@ -5,17 +5,20 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from helpers.metrics import chance_scores, recall_at_k, recall_at_ks, tagging_scores
+from helpers.metrics import (bootstrap_intervals, chance_average_precision, chance_scores, recall_at_k, recall_at_ks, recall_at_ks_bounds,
+                             same_group_top1, tagging_scores)
 
 
-def brute_recall(sim, labels, k):
-    """The homework's Recall@K, one query at a time, exactly as written."""
+def brute_recall(sim, labels, k, groups=None):
+    """The homework's Recall@K, one query at a time, exactly as written
+    (with ``groups``: neighbours of the query's own group left out)."""
     values = []
     for q in range(len(sim)):
         yq = set(np.flatnonzero(labels[q]))
         if not yq:
             continue
-        others = sorted((j for j in range(len(sim)) if j != q), key=lambda j: (-sim[q, j], j))
+        others = sorted((j for j in range(len(sim)) if j != q and (groups is None or groups[j] != groups[q])),
+                        key=lambda j: (-sim[q, j], j))
         union = set()
         for j in others[:k]:
             union |= set(np.flatnonzero(labels[j]))
@@ -98,6 +101,41 @@ def test_tagging_scores_match_per_tag_sklearn_and_skip_empty_tags():
         tagging_scores(y, score[:, :3])
 
 
+def random_ranking_aps(p, n, draws, rng):
+    """The average precision of ``draws`` random rankings of n items, p positive."""
+    ranks = np.sort(np.argsort(rng.random((draws, n)), axis=1)[:, :p], axis=1) + 1   # ranks of the positives
+    return (np.arange(1, p + 1) / ranks).mean(axis=1)
+
+
+@pytest.mark.parametrize("p, n", [(3, 6), (1, 20), (5, 5), (1, 1), (2, 9), (12, 40)])
+def test_chance_average_precision_is_the_mean_ap_of_random_rankings(p, n):
+    rng = np.random.default_rng(p * 100 + n)
+    y, s = np.r_[np.ones(p), np.zeros(n - p)], rng.random(n)
+    assert average_precision_score(y, s) == pytest.approx(np.mean(np.arange(1, p + 1) / (np.sort(
+        np.argsort(np.argsort(-s))[:p]) + 1)))                       # the simulation's AP is sklearn's
+    simulated = random_ranking_aps(p, n, 200000, rng).mean()
+    assert chance_average_precision(p, n) == pytest.approx(simulated, abs=2e-3)
+
+
+def test_the_worked_example_of_notebook_01_is_below_chance():
+    y, s = np.array([0, 1, 1, 0, 0, 1]), np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    assert chance_average_precision(3, 6) == pytest.approx(0.645, abs=5e-4)
+    assert average_precision_score(y, s) < chance_average_precision(3, 6)
+    with pytest.raises(ValueError):
+        chance_average_precision(0, 6)
+
+
+def test_chance_pr_auc_is_exact_on_a_small_test_set():
+    y = np.array([[1, 0], [1, 1], [0, 0], [0, 1], [0, 0], [1, 0], [0, 0], [0, 0]])
+    chance = chance_scores(y)
+    assert chance["per_tag_pr_auc"] == {0: pytest.approx(chance_average_precision(3, 8)),
+                                        1: pytest.approx(chance_average_precision(2, 8))}
+    assert chance["pr_auc"] > y.mean(0).mean()            # above the mean frequency on 8 clips
+    rng = np.random.default_rng(1)
+    simulated = np.mean([tagging_scores(y, rng.random(y.shape)).pr_auc for _ in range(500)])
+    assert chance["pr_auc"] == pytest.approx(simulated, abs=0.02)
+
+
 def test_chance_scores_are_what_random_guessing_gets():
     rng = np.random.default_rng(0)
     y = (rng.random((20000, 3)) < np.array([0.05, 0.2, 0.5])).astype(int)
@@ -105,3 +143,66 @@ def test_chance_scores_are_what_random_guessing_gets():
     random_guess = tagging_scores(y, rng.random(y.shape))
     assert random_guess.roc_auc == pytest.approx(chance["roc_auc"], abs=0.02)
     assert random_guess.pr_auc == pytest.approx(chance["pr_auc"], abs=0.02)
+
+
+def test_recall_leaves_out_the_querys_own_group():
+    # Two clips per song; each clip's nearest clip is its song's other clip, which shares its tags.
+    labels = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [1, 0, 1], [1, 0, 1]])
+    songs = np.array(["s1", "s1", "s2", "s2", "s3", "s3"])
+    e = np.array([[1.0, 0.0], [0.98, 0.2], [0.0, 1.0], [0.2, 0.98], [0.7, 0.7], [0.6, 0.8]])
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    sim = e @ e.T
+    assert recall_at_k(sim, labels, 1) == pytest.approx(1.0)          # the song's other clip answers
+    masked = recall_at_k(sim, labels, 1, groups=songs)
+    assert masked < 1.0
+    assert same_group_top1(sim, songs) == pytest.approx(1.0)
+    rng = np.random.default_rng(3)
+    for k in (1, 2, 3):
+        assert recall_at_k(sim, labels, k, groups=songs) == pytest.approx(brute_recall(sim, labels, k, songs))
+        big = rng.random((30, 30))
+        big_labels, big_groups = (rng.random((30, 5)) < 0.4).astype(int), rng.integers(0, 8, 30)
+        assert recall_at_k(big, big_labels, k, groups=big_groups) == pytest.approx(
+            brute_recall(big, big_labels, k, big_groups))
+    with pytest.raises(ValueError, match="candidate"):
+        recall_at_ks(sim, labels, (5,), groups=songs)
+    with pytest.raises(ValueError, match="one group per item"):
+        recall_at_k(sim, labels, 1, groups=songs[:4])
+
+
+def test_recall_bounds_bracket_any_embedding():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 6)) < 0.3).astype(int)
+    labels[labels.sum(1) == 0, 0] = 1
+    bounds = recall_at_ks_bounds(labels, (1, 4), n_random=10)
+    e = rng.normal(size=(60, 8))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    some = recall_at_ks(e @ e.T, labels, (1, 4))
+    for k in ("R@1", "R@4"):
+        assert bounds["chance"][k] < bounds["ceiling"][k]
+        assert some[k] < bounds["ceiling"][k]
+        assert some[k] == pytest.approx(bounds["chance"][k], abs=0.15)  # a random embedding is a random ranking
+
+
+def test_song_bootstrap_resamples_whole_songs_and_brackets_the_score():
+    from helpers.metrics import _weighted_auc_ap
+    rng = np.random.default_rng(0)
+    y = (rng.random((120, 5)) < 0.3).astype(int)
+    y[0], y[1] = 1, 0                                      # every tag has a positive and a negative
+    s = rng.random((120, 5)) + 0.4 * y
+    songs = np.repeat(np.arange(30), 4)
+    # a weighted score is the score of the data with each clip repeated by its weight
+    w = rng.integers(0, 3, size=120).astype(float)
+    order = np.argsort(-s[:, 2])
+    auc, ap = _weighted_auc_ap(y[order, 2].astype(float), w[None, order])
+    rows = np.repeat(np.arange(120), w.astype(int))
+    assert auc[0] == pytest.approx(roc_auc_score(y[rows, 2], s[rows, 2]))
+    assert ap[0] == pytest.approx(average_precision_score(y[rows, 2], s[rows, 2]))
+    point = tagging_scores(y, s)
+    iv = bootstrap_intervals(y, s, songs, n_boot=400)
+    assert iv["roc_auc"][0] < point.roc_auc < iv["roc_auc"][1] and iv["pr_auc"][0] < point.pr_auc < iv["pr_auc"][1]
+    assert bootstrap_intervals(y, s, songs, n_boot=400) == iv                     # seeded
+    # songs whose clips are copies of each other: resampling clips would understate the spread
+    copies = np.repeat(y[:30], 4, axis=0), np.repeat(s[:30], 4, axis=0)
+    by_song = bootstrap_intervals(*copies, songs, n_boot=400)["roc_auc"]
+    by_clip = bootstrap_intervals(*copies, np.arange(120), n_boot=400)["roc_auc"]
+    assert by_song[1] - by_song[0] > 1.5 * (by_clip[1] - by_clip[0])

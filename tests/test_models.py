@@ -316,3 +316,17 @@ def test_bad_inputs_name_the_expected_length():
             projection(waveform(2, n))
     with pytest.raises(ValueError, match="torch.Tensor"):
         make("cnn1d")([0.0] * 48000)
+
+
+def test_crnn_reads_long_inputs_as_a_sequence():
+    from helpers.models.sota import WON_CRNN_SAMPLES
+    model = build_model("crnn", n_tags=5, width=0.25, input_samples=WON_CRNN_SAMPLES).eval()
+    assert model.input_samples == WON_CRNN_SAMPLES
+    steps = {}
+    model.gru.register_forward_hook(lambda m, inputs, out: steps.update(n=inputs[0].shape[1]))
+    with torch.no_grad():
+        assert model(torch.zeros(1, WON_CRNN_SAMPLES)).shape == (1, 5)
+    assert steps["n"] == 18                                   # Won et al.'s 18 steps for 29.1 s
+    assert build_model("crnn", n_tags=5).input_samples == 48000
+    with pytest.raises(ValueError, match="at least"):
+        build_model("crnn", n_tags=5, input_samples=16000)

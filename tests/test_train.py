@@ -128,7 +128,8 @@ def test_predict_averages_every_chunk_of_a_clip(tiny_root):
     row = int(chunks.clip_indices[2])
     wave = torch.from_numpy(data.waveform(row))
     with torch.no_grad():
-        one_by_one = torch.sigmoid(model(torch.stack([wave[s:s + 16000] for s in (0, 16000, 32000)]))).mean(0)
+        starts = (0, 16000, 32000, len(wave) - 16000)                     # 3.5 s: three chunks and the end
+        one_by_one = torch.sigmoid(model(torch.stack([wave[s:s + 16000] for s in starts]))).mean(0)
     assert probs.shape == (chunks.n_clips, len(data.tags))
     assert np.allclose(probs[2], one_by_one.numpy(), atol=1e-6)
     emb = embed_clips(model, chunks, "penultimate", normalize=True, batch_size=5, device="cpu", progress=False).values
@@ -391,3 +392,51 @@ def test_data_fingerprint_is_the_same_for_every_preparation_of_the_same_data(tin
     other.labels = other.labels.copy()
     other.labels[0, 0] ^= 1
     assert train.data_fingerprint(other) != train.data_fingerprint(TaggedAudio(tiny_root))
+
+
+def test_runs_are_chosen_on_validation_never_on_test():
+    from helpers.train import History, best_on_validation, kept_value
+    # run "a" keeps epoch 2 (lowest validation loss) with validation ROC-AUC 0.80; run "b" keeps epoch 1 with 0.75,
+    # although b's last epoch reaches 0.90 (not kept) and b would win on a test split that favours it.
+    a = History(epoch=[1, 2], valid_loss=[0.5, 0.4], valid_roc_auc=[0.70, 0.80], valid_pr_auc=[0.3, 0.4])
+    b = History(epoch=[1, 2], valid_loss=[0.3, 0.6], valid_roc_auc=[0.75, 0.90], valid_pr_auc=[0.3, 0.5])
+    test_roc_auc = {"a": 0.70, "b": 0.85}                 # what the test split would say: ignored
+    assert kept_value(b, "valid_roc_auc") == 0.75
+    assert best_on_validation({"a": a, "b": b}) == "a" != max(test_roc_auc, key=test_roc_auc.get)
+    assert best_on_validation({"a": a, "b": b}, "valid_loss", higher_is_better=False) == "b"
+    nan = History(epoch=[1], valid_loss=[0.1], valid_roc_auc=[float("nan")], valid_pr_auc=[float("nan")])
+    assert best_on_validation({"nan": nan, "a": a}) == "a"
+    with pytest.raises(ValueError):
+        best_on_validation({})
+
+
+def test_log_mel_statistics_are_each_bands_mean_and_std(tiny_root):
+    from helpers.audio import LogMelSpectrogram
+    from helpers.train import log_mel_statistics
+    data = TaggedAudio(tiny_root)
+    x, y = log_mel_statistics(data, "train", progress=False)
+    rows = data.split_indices("train")
+    assert x.shape == (len(rows), 192) and np.array_equal(y, data.labels[rows])
+    spec = LogMelSpectrogram()(torch.from_numpy(data.waveform(int(rows[1])))[None])[0, 0]
+    assert np.allclose(x[1, :96], spec.mean(dim=1).numpy(), atol=1e-4)
+    assert np.allclose(x[1, 96:], spec.std(dim=1).numpy(), atol=1e-4)
+
+
+def test_the_logistic_probe_chooses_its_regularisation_on_validation():
+    from helpers.train import fit_logistic_probe
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 10))
+    y = (x[:, :3] + 0.5 * rng.normal(size=(300, 3)) > 0.8).astype(float)
+    y[:, 2] = 0                                       # a tag without positives: predicted by its prior
+    probe = fit_logistic_probe(x[:200], y[:200], x[200:], y[200:], cs=(1e-4, 1.0))
+    assert probe.c == 1.0 and probe.valid_losses[1.0] < probe.valid_losses[1e-4]
+    p = probe.predict_proba(x[200:])
+    assert p.shape == (100, 3) and np.all(p[:, 2] == 0.0)
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(y[200:, 0], p[:, 0]) > 0.9
+    layer = probe.as_linear()
+    with torch.no_grad():
+        as_torch = torch.sigmoid(layer(torch.from_numpy(x[200:]).float())).numpy()
+    assert layer.weight.shape == (3, 10) and np.allclose(as_torch, p, atol=1e-5)
+    with pytest.raises(ValueError, match="must match"):
+        fit_logistic_probe(x[:200], y[:150], x[200:], y[200:])

@@ -145,12 +145,15 @@ def test_evaluate_retrieval_matches_the_metric(tiny_root):
     chunks = ChunkDataset(data, "train", 16000)
 
     def by_hand(layer):
-        """Each clip's chunks through the model one clip at a time, averaged."""
+        """Each clip's chunks through the model one clip at a time, averaged: back to back, and one more
+        aligned with the clip's end when they stop short of it."""
         out = []
         with torch.no_grad():
             for row in chunks.clip_indices:
                 wave = torch.from_numpy(data.waveform(int(row)))
-                x = torch.stack([wave[s:s + 16000] for s in range(0, len(wave) - 16000 + 1, 16000)])
+                starts = list(range(0, len(wave) - 16000 + 1, 16000))
+                starts += [len(wave) - 16000] if len(wave) % 16000 else []
+                x = torch.stack([wave[s:s + 16000] for s in starts])
                 out.append((model.embed(x) if layer == "penultimate" else model(x)).mean(0).numpy())
         return np.stack(out)
 
@@ -186,6 +189,7 @@ def test_fit_triplet_learns_saves_and_resumes(tiny_root, tmp_path):
     h = fit_triplet(model, data, QUICK, "cnn1d", checkpoint_dir=tmp_path / "a", progress=False)
     assert h.epoch == [1, 2] and all(np.isfinite(h.train_loss)) and h.train_clips_per_s[0] > 0
     assert set(h.valid_recall[0]) <= {"R@1", "R@2", "R@4", "R@8"} and 0 <= h.valid_score[0] <= 1
+    assert len(h.zero_loss_share) == 2 and all(0 <= v <= 1 for v in h.zero_loss_share)
     loaded, ckpt = load_checkpoint(tmp_path / "a" / "best.pt", device="cpu")
     assert ckpt["trained_as"] == "embedder" and ckpt["loss"]["margin"] == 0.4 and ckpt["epoch"] == h.best_epoch
     x = torch.from_numpy(np.stack([data.waveform(0)[:48000], data.waveform(1)[:48000]]))
@@ -246,3 +250,14 @@ def test_width_defaults_and_errors():
             build_model("crnn", width=bad)
     with pytest.raises(ValueError, match="width"):
         build_model("cnn1d", width=0.5)                          # the homework's models keep their size
+
+
+def test_per_triplet_losses_and_the_zero_loss_share():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.1], [0.2, 1.0], [1.0, 0.0]])
+    n = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    each = triplet_loss(a, p, n, margin=0.4, reduction="none")
+    assert each.shape == (3,) and each[0] == 0 and each[2] == 0 and each[1] > 0     # two ranked right by the margin
+    assert triplet_loss(a, p, n, margin=0.4) == pytest.approx(each.mean().item())
+    with pytest.raises(ValueError, match="reduction"):
+        triplet_loss(a, p, n, reduction="sum")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ..config import results_path
 
 __all__ = ["record_result", "read_results", "format_table", "format_results", "PUBLISHED_MTAT", "PUBLISHED_SOURCES",
-           "published_mtat", "course_table"]
+           "published_mtat", "BASELINES", "comparison_table", "course_table"]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None,
@@ -124,6 +124,35 @@ def published_mtat(model: str, trained_as: str = "tagger") -> dict[str, Any]:
     return PUBLISHED_MTAT.get((max(matches, key=len), trained_as), {}) if matches else {}
 
 
+#: The baselines of notebook 01, listed first in every comparison.
+BASELINES = ("prior", "logistic_regression")
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """The plain-text comparison of notebooks 02 and 03: each recorded model
+    (``rows``, in order) with its parameters, epochs, training speed and test
+    scores, and beside them the homework's own MagnaTagATune ROC-AUC where the
+    homework reports one (source ``H`` of :data:`PUBLISHED_MTAT`: other data,
+    a reference, not a result of this run)."""
+    if not rows:
+        return "(no results recorded yet)"
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
+
+    table = []
+    for r in rows:
+        pub = published_mtat(r["model"], r.get("trained_as", "tagger"))
+        homework = pub.get("roc_auc") if pub.get("source") == "H" else None
+        speed = r.get("train_clips_per_s")
+        table.append([str(r.get("label") or r["model"]), num(r.get("params"), ","), num(r.get("epochs"), "d"),
+                      num(speed, ",.0f"), num(r.get("roc_auc"), ".4f"), num(r.get("pr_auc"), ".4f"),
+                      num(homework, ".2f")])
+    head = ["model", "params", "epochs", "train clips/s", "ROC-AUC", "PR-AUC", "homework's MTAT ROC-AUC"]
+    return format_table(head, table, "lrrrrrr") + ("\n(the last column: the homework report's figures on "
+                                                   "MagnaTagATune, other data; a reference, not a result of this run)")
+
+
 def course_table(rows: list[dict] | None = None) -> str:
     """Every model of the course in one Markdown table, beside the published
     MTAT figures (:data:`PUBLISHED_MTAT`), with a legend below.
@@ -142,6 +171,10 @@ def course_table(rows: list[dict] | None = None) -> str:
     def num(v: Any, fmt: str) -> str:
         return "-" if v is None or (isinstance(v, float) and v != v) else format(v, fmt)
 
+    def with_interval(r: dict, key: str) -> str:
+        low_high = r.get(f"{key}_ci")
+        return num(r.get(key), ".3f") + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
+
     head = ["model", "nb", "trained as", "params", "train clips/s", "ROC-AUC", "PR-AUC",
             "R@1", "R@2", "R@4", "R@8", "MTAT ROC-AUC", "MTAT PR-AUC", "MTAT R@1/2/4/8", "MTAT src"]
     table = []
@@ -151,14 +184,16 @@ def course_table(rows: list[dict] | None = None) -> str:
         speed = r.get("train_clips_per_s")
         cells = [str(r.get("label") or r["model"]), str(r.get("notebook", "")), kind,
                  num(r.get("params"), ","), num(speed, ",.0f" if speed and speed >= 100 else ".1f"),
-                 num(r.get("roc_auc"), ".3f"), num(r.get("pr_auc"), ".3f"),
+                 with_interval(r, "roc_auc"), with_interval(r, "pr_auc"),
                  *(num(r.get(f"R@{k}"), ".3f") for k in (1, 2, 4, 8)),
                  num(pub.get("roc_auc"), ".4g"), num(pub.get("pr_auc"), ".4g"),
                  "/".join(f"{v:.3f}" for v in pub["recall"]) if "recall" in pub else "-", pub.get("source", "-")]
         table.append(cells)
-    legend = ["", "ROC-AUC, PR-AUC: macro averages over tags on this run's test split; R@K: multi-label "
-                  "Recall@K of the test clips' embeddings (cosine): the trained embedding of an embedder, the "
-                  "penultimate layer of a tagger (measured in notebook 05 only). train clips/s: measured while training "
+    legend = ["", "ROC-AUC, PR-AUC: macro averages over tags on this run's test split, [95 % interval] from 1,000 "
+                  "bootstrap resamples of the test songs; R@K: multi-label "
+                  "Recall@K of the test clips' embeddings (cosine), neighbours from the query's own song left out: the "
+                  "trained embedding of an embedder, the penultimate layer of a tagger (measured in notebook 05 only). "
+                  "baseline: notebook 01's prior-only predictor and logistic regression on log-mel band statistics. train clips/s: measured while training "
                   "(3 clips per triplet for embedders), on this run's hardware.",
               "MTAT columns are published figures on MagnaTagATune, NOT results of this run (other data, "
               "splits and recipes): " + "; ".join(f"{k} = {v}" for k, v in PUBLISHED_SOURCES.items()) + "."]

@@ -11,7 +11,11 @@ from torch import nn
 from .blocks import SHORT_CHUNK, THREE_SECONDS, Classifier, Conv1dBlock, Conv2dBlock, GlobalPool, MusicnnFrontEnd, \
     ResBlock2d, min_frames, scaled_channels
 
-__all__ = ["CRNN", "Musicnn", "ShortChunkCNN", "ShortChunkResCNN"]
+__all__ = ["WON_CRNN_SAMPLES", "CRNN", "Musicnn", "ShortChunkCNN", "ShortChunkResCNN"]
+
+
+#: Won et al.'s CRNN input: 29.1 s at 16 kHz (1,819 frames, 18 steps for the GRU).
+WON_CRNN_SAMPLES = 465_600
 
 
 class CRNN(Classifier):
@@ -24,8 +28,10 @@ class CRNN(Classifier):
     ``dropout``; ``linear`` -> n_tags.
 
     Trained on the course's 3 s crops (188 frames) the GRU sees a single time
-    step; Won et al. trained it on 29.1 s (18 steps). Longer inputs give more
-    steps; needs at least 96 frames (24,320 samples, 1.52 s).
+    step; Won et al. trained it on 29.1 s (:data:`WON_CRNN_SAMPLES`, 18
+    steps). ``input_samples`` sets the length of its training crops and
+    evaluation chunks (default 3 s); it needs at least 96 frames (24,320
+    samples, 1.52 s).
 
     ``width`` multiplies the channels of the convolutions (``width=0.25``:
     16, 32, 32, 32), for training on a CPU in minutes; the GRU keeps 32 units.
@@ -34,10 +40,14 @@ class CRNN(Classifier):
     name = "crnn"
     LAYOUT = ((64, (2, 2)), (128, (3, 3)), (128, (4, 4)), (128, (4, 4)))
 
-    def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0) -> None:
-        super().__init__(n_tags, n_mels=96, input_samples=THREE_SECONDS,
+    def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0,
+                 input_samples: int = THREE_SECONDS) -> None:
+        super().__init__(n_tags, n_mels=96, input_samples=int(input_samples),
                          min_frames=min_frames([p[1] for _, p in self.LAYOUT]))
         self.width = width
+        if self.input_samples < self.min_samples:
+            raise ValueError(f"crnn needs input_samples of at least {self.min_samples} (96 frames), "
+                             f"got {self.input_samples}")
         in_ch = 1
         for i, (out_ch, pool) in enumerate(self.LAYOUT, start=1):
             out_ch = scaled_channels(out_ch, width)
