@@ -89,18 +89,21 @@ def tagging_scores(y_true: np.ndarray, y_score: np.ndarray, tags: Sequence[str] 
                          intervals.get("roc_auc"), intervals.get("pr_auc"))
 
 
-def _weighted_auc_ap(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC-AUC and average precision of one tag for many weightings at once:
-    ``y`` (N,) 0/1 in decreasing order of score (no ties), ``w`` (B, N) the
-    weight of each clip in each of B resamples. NaN where a resample has no
-    positive or no negative."""
-    wp, wn = w * y, w * (1 - y)
-    pos_total, neg_total = wp.sum(1), wn.sum(1)
-    neg_below = neg_total[:, None] - np.cumsum(wn, axis=1)               # negatives ranked after each clip
+def _weighted_auc_ap(y: np.ndarray, w: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC-AUC and average precision of one tag for many weightings at once,
+    as scikit-learn computes them on the data with each clip repeated by its
+    weight: ``y`` (N,) 0/1 in decreasing order of score, ``starts`` the first
+    index of each run of equal scores (ties: half a pair for ROC-AUC, one
+    threshold for average precision), ``w`` (B, N) the weight of each clip in
+    each of B resamples. NaN where a resample has no positive or no negative."""
+    pos = np.add.reduceat(w * y, starts, axis=1)                          # (B, levels): per run of equal scores
+    neg = np.add.reduceat(w * (1 - y), starts, axis=1)
+    pos_total, neg_total = pos.sum(1), neg.sum(1)
+    neg_below = neg_total[:, None] - np.cumsum(neg, axis=1)               # negatives scored lower
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (wp * neg_below).sum(1) / (pos_total * neg_total)
-        precision = np.cumsum(wp, axis=1) / np.cumsum(w, axis=1)
-        ap = np.nansum(wp * precision, axis=1) / pos_total
+        auc = (pos * (neg_below + 0.5 * neg)).sum(1) / (pos_total * neg_total)
+        precision = np.cumsum(pos, axis=1) / np.cumsum(pos + neg, axis=1)
+        ap = np.nansum(pos * precision, axis=1) / pos_total
     bad = (pos_total == 0) | (neg_total == 0)
     auc[bad], ap[bad] = np.nan, np.nan
     return auc, ap
@@ -128,7 +131,9 @@ def bootstrap_intervals(y_true: np.ndarray, y_score: np.ndarray, groups: Sequenc
     aucs, aps = [], []
     for t in range(y_true.shape[1]):
         order = np.argsort(-y_score[:, t], kind="stable")
-        auc, ap = _weighted_auc_ap(y_true[order, t].astype(np.float64), weights[:, order])
+        ranked = y_score[order, t]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])   # runs of equal scores
+        auc, ap = _weighted_auc_ap(y_true[order, t].astype(np.float64), weights[:, order], starts)
         aucs.append(auc)
         aps.append(ap)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]

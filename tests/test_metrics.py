@@ -192,11 +192,17 @@ def test_song_bootstrap_resamples_whole_songs_and_brackets_the_score():
     songs = np.repeat(np.arange(30), 4)
     # a weighted score is the score of the data with each clip repeated by its weight
     w = rng.integers(0, 3, size=120).astype(float)
-    order = np.argsort(-s[:, 2])
-    auc, ap = _weighted_auc_ap(y[order, 2].astype(float), w[None, order])
-    rows = np.repeat(np.arange(120), w.astype(int))
-    assert auc[0] == pytest.approx(roc_auc_score(y[rows, 2], s[rows, 2]))
-    assert ap[0] == pytest.approx(average_precision_score(y[rows, 2], s[rows, 2]))
+    tied = np.round(s, 1)                                   # many equal scores: ties count as sklearn counts them
+    for scores in (s[:, 2], tied[:, 2], np.zeros(120)):
+        order = np.argsort(-scores, kind="stable")
+        ranked = scores[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        auc, ap = _weighted_auc_ap(y[order, 2].astype(float), w[None, order], starts)
+        rows = np.repeat(np.arange(120), w.astype(int))
+        assert auc[0] == pytest.approx(roc_auc_score(y[rows, 2], scores[rows]))
+        assert ap[0] == pytest.approx(average_precision_score(y[rows, 2], scores[rows]))
+    constant = bootstrap_intervals(y, np.tile(y.mean(0), (120, 1)), songs, n_boot=200)     # the prior-only predictor
+    assert constant["roc_auc"] == pytest.approx((0.5, 0.5))
     point = tagging_scores(y, s)
     iv = bootstrap_intervals(y, s, songs, n_boot=400)
     assert iv["roc_auc"][0] < point.roc_auc < iv["roc_auc"][1] and iv["pr_auc"][0] < point.pr_auc < iv["pr_auc"][1]
