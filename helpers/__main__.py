@@ -5,6 +5,8 @@
   run [--profile cpu] [--out DIR]    execute every notebook, write a summary
   student OUT_DIR                    write the student version of the notebooks
   grade SUBMISSION... [--out CSV]    execute and grade submitted notebooks
+  train MODEL [--recipe homework|won2020] [--dataset synthetic|mtat] [--epochs N]
+                                     train a model, measure it on test, save a checkpoint
   tag FILE... [--model MTT_musicnn|CKPT] [--top K] [--hop S] [--taggram PNG] [--json]
                                      tag audio files with musicnn's published models
                                      or a course checkpoint
@@ -29,11 +31,13 @@ from .config import DATASETS, PROFILES, checkpoint_path, choose_device, data_roo
 from .course.grading import MarkerError, grade, write_student_version  # noqa: E402
 from .course.run import run_notebooks  # noqa: E402
 from .data import SPLITS, DatasetNotReadyError, TaggedAudio  # noqa: E402
+from .models import MODEL_NAMES  # noqa: E402
 from .plots import plot_taggram  # noqa: E402
 from .prepare import mtat  # noqa: E402
 from .prepare.musicnn import PRETRAINED, PretrainedError, pretrained_checkpoint  # noqa: E402
 from .prepare.synth import SynthConfig, prepare_synthetic  # noqa: E402
 from .tagging import Tagger  # noqa: E402
+from .train import RECIPES  # noqa: E402
 
 
 # --------------------------------------------------------------------------- prepare
@@ -235,6 +239,56 @@ def _tag(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------- train
+
+def _train(args: argparse.Namespace) -> int:
+    """Train one model with a named recipe, measure it once on the test split,
+    and save it as a course checkpoint (resumable: the same command continues
+    an interrupted run)."""
+    from dataclasses import replace
+
+    from .config import runs_folder
+    from .course.setup import open_dataset
+    from .models import build_model, count_parameters, model_options
+    from .train import RECIPES, estimate_training_time, evaluate, fit, kept_value, model_checkpoint, save_checkpoint
+    from .train import seed_everything
+
+    try:
+        data = TaggedAudio(args.root) if args.root else open_dataset(args.dataset, progress=not args.quiet)
+    except DatasetNotReadyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    dataset = data.meta.get("name") or args.dataset
+    device = choose_device(args.device)
+    changes = {k: v for k, v in (("epochs", args.epochs), ("max_batches", args.max_batches)) if v is not None}
+    recipe = replace(RECIPES[args.recipe], amp=device.type == "cuda", **changes)
+    options = {k: v for k, v in (("width", args.width), ("input_samples", args.input_samples)) if v is not None}
+    try:
+        unknown = sorted(set(options) - set(model_options(args.model)))
+        if unknown:
+            raise ValueError(f"{args.model} has no option {', '.join(unknown)}; its options: "
+                             f"{', '.join(model_options(args.model)) or 'none'}")
+        seed_everything(recipe.seed)
+        model = build_model(args.model, n_tags=len(data.tags), **options)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.model} ({count_parameters(model):,} parameters) on {dataset}, recipe {args.recipe}: {recipe}")
+    print(f"expected: {estimate_training_time(model, data, recipe, device=device)}")
+    history = fit(model, data, recipe, args.model, model_options=options, runs_dir=runs_folder(dataset),
+                  device=device, progress=not args.quiet)
+    scores, _, _ = evaluate(model, data, "test", device=device, progress=not args.quiet)
+    best = history.best_epoch
+    print(f"kept epoch {best} of {len(history.epoch)} (validation loss {kept_value(history, 'valid_loss'):.4f}); "
+          f"test: {scores}")
+    out = Path(args.out) if args.out else checkpoint_path(f"{args.model}-{args.recipe}", dataset)
+    save_checkpoint(out, model_checkpoint(model, args.model, data.tags, options, recipe=args.recipe, epoch=best,
+                                          valid_roc_auc=kept_value(history, "valid_roc_auc"),
+                                          test_roc_auc=scores.roc_auc, test_pr_auc=scores.pr_auc, dataset=dataset))
+    print(f"saved {out} (tag with it: python -m helpers tag FILE --model {out})")
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +328,21 @@ def main(argv: list[str] | None = None) -> int:
     grade_parser.add_argument("--solutions", default="notebooks",
                               help="solution notebooks, to know which checks each notebook must pass")
     grade_parser.set_defaults(func=_grade)
+    train = sub.add_parser("train", help="train one model with a named recipe and save it as a checkpoint")
+    train.add_argument("model", choices=MODEL_NAMES, help="the model to train")
+    train.add_argument("--recipe", default="homework", choices=sorted(RECIPES),
+                       help="homework (SGD, 10 epochs) or won2020 (Won et al.: Adam, then SGD, 200 epochs)")
+    train.add_argument("--dataset", default="synthetic", choices=DATASETS)
+    train.add_argument("--root", help="a prepared dataset folder (default: the dataset's usual place)")
+    train.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    train.add_argument("--max-batches", type=int, help="cap the batches per epoch (a quick check)")
+    train.add_argument("--width", type=float, help="channel multiplier of the models that take one")
+    train.add_argument("--input-samples", type=int,
+                       help="crnn's input length in samples (Won et al.: 465600, 29.1 s; default 48000)")
+    train.add_argument("--device", help="cpu, cuda... (default: the GPU when there is one)")
+    train.add_argument("--out", help="checkpoint to write (default checkpoints/<dataset>/<model>-<recipe>.pt)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_train)
     tag = sub.add_parser("tag", help="tag audio files with a trained checkpoint (top tags, taggram)")
     _tag_arguments(tag)
     tag.set_defaults(func=_tag)

@@ -440,3 +440,43 @@ def test_the_logistic_probe_chooses_its_regularisation_on_validation():
     assert layer.weight.shape == (3, 10) and np.allclose(as_torch, p, atol=1e-5)
     with pytest.raises(ValueError, match="must match"):
         fit_logistic_probe(x[:200], y[:150], x[200:], y[200:])
+
+
+def test_won2020_switches_to_sgd_from_the_best_model_and_drops_the_learning_rate(tiny_root, tmp_path):
+    from helpers.train import WON2020_RECIPE
+    from dataclasses import replace
+    assert [WON2020_RECIPE.lr_at(e) for e in (80, 81, 100, 101, 121, 200)] == [None, 1e-3, 1e-3, 1e-4, 1e-5, 1e-5]
+    assert WON2020_RECIPE.optimizer == "adam" and WON2020_RECIPE.lr == 1e-4 and WON2020_RECIPE.weight_decay == 1e-4
+    assert WON2020_RECIPE.epochs == 200
+    data = TaggedAudio(tiny_root)
+    small = replace(WON2020_RECIPE, epochs=4, switch_epoch=2, drop_every=1, drops=1, lr=1e-3, batch_size=4,
+                    max_batches=3, eval_batch_size=8)
+
+    def fresh():
+        torch.manual_seed(5)
+        return build_model("cnn1d", n_tags=len(data.tags))
+
+    whole = fit(fresh(), data, small, "cnn1d", checkpoint_dir=tmp_path / "whole", progress=False)
+    assert whole.lr == [1e-3, 1e-3, 1e-3, 1e-4]                        # Adam, Adam, SGD 1e-3, SGD 1e-4
+    state = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    assert "momentum_buffer" in str(state["optimizer"]) and state["optimizer"]["param_groups"][0]["nesterov"]
+    # the same run in two calls, across the switch (epochs 2 then 4), ends where the one call does
+    fit(fresh(), data, replace(small, epochs=2), "cnn1d", checkpoint_dir=tmp_path / "parts", progress=False)
+    parts = fit(fresh(), data, small, "cnn1d", checkpoint_dir=tmp_path / "parts", progress=False)
+    assert parts.train_loss == pytest.approx(whole.train_loss, rel=1e-6)
+    assert parts.valid_loss == pytest.approx(whole.valid_loss, rel=1e-6)
+    assert "schedule" not in Recipe().identity() and small.identity()["schedule"] == "won2020"
+
+
+def test_the_train_command_trains_measures_and_saves_a_checkpoint(tiny_root, tmp_path, monkeypatch, capsys):
+    from helpers.__main__ import main
+    monkeypatch.setenv("COURSE_RUNS", str(tmp_path / "runs"))
+    out = tmp_path / "cnn1d.pt"
+    assert main(["train", "cnn1d", "--root", str(tiny_root), "--recipe", "won2020", "--epochs", "1",
+                 "--max-batches", "2", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe won2020" in printed and "schedule='won2020'" in printed and "test: macro ROC-AUC" in printed
+    model, ckpt = load_checkpoint(out, device="cpu")
+    assert ckpt["model_name"] == "cnn1d" and ckpt["recipe"] == "won2020" and "test_roc_auc" in ckpt
+    assert main(["train", "cnn1d", "--root", str(tiny_root), "--width", "0.5", "--quiet"]) == 2
+    assert "no option width" in capsys.readouterr().err
