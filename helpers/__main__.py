@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -27,17 +28,19 @@ matplotlib.use("Agg")          # the command line draws into files (taggrams), n
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .audio import AudioLoadError  # noqa: E402
-from .config import DATASETS, PROFILES, checkpoint_path, choose_device, data_root  # noqa: E402
+from .config import DATASETS, PROFILES, checkpoint_path, choose_device, data_root, runs_folder  # noqa: E402
 from .course.grading import MarkerError, grade, write_student_version  # noqa: E402
 from .course.run import run_notebooks  # noqa: E402
+from .course.setup import open_dataset  # noqa: E402
 from .data import SPLITS, DatasetNotReadyError, TaggedAudio  # noqa: E402
-from .models import MODEL_NAMES  # noqa: E402
+from .models import MODEL_NAMES, build_model, count_parameters, model_options  # noqa: E402
 from .plots import plot_taggram  # noqa: E402
 from .prepare import mtat  # noqa: E402
 from .prepare.musicnn import PRETRAINED, PretrainedError, pretrained_checkpoint  # noqa: E402
 from .prepare.synth import SynthConfig, prepare_synthetic  # noqa: E402
 from .tagging import Tagger  # noqa: E402
-from .train import RECIPES  # noqa: E402
+from .train import (RECIPES, estimate_training_time, evaluate, fit, kept_value, model_checkpoint,  # noqa: E402
+                    save_checkpoint, seed_everything)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -245,14 +248,6 @@ def _train(args: argparse.Namespace) -> int:
     """Train one model with a named recipe, measure it once on the test split,
     and save it as a course checkpoint (resumable: the same command continues
     an interrupted run)."""
-    from dataclasses import replace
-
-    from .config import runs_folder
-    from .course.setup import open_dataset
-    from .models import build_model, count_parameters, model_options
-    from .train import RECIPES, estimate_training_time, evaluate, fit, kept_value, model_checkpoint, save_checkpoint
-    from .train import seed_everything
-
     try:
         data = TaggedAudio(args.root) if args.root else open_dataset(args.dataset, progress=not args.quiet)
     except DatasetNotReadyError as error:

@@ -31,6 +31,7 @@ from typing import Any, Callable, ClassVar, ContextManager, Iterator, NamedTuple
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -1023,8 +1024,6 @@ def fit_logistic_probe(train_x: np.ndarray, train_y: np.ndarray, valid_x: np.nda
     for each regularisation ``c`` in ``cs`` and keep the one with the lowest
     validation loss (mean binary cross-entropy on ``valid_x``, ``valid_y``):
     the choice is made on validation, never on test."""
-    from sklearn.linear_model import LogisticRegression
-
     train_x, valid_x = np.asarray(train_x, dtype=np.float64), np.asarray(valid_x, dtype=np.float64)
     train_y, valid_y = np.asarray(train_y) > 0.5, np.asarray(valid_y) > 0.5
     if train_x.ndim != 2 or train_y.shape != (len(train_x), train_y.shape[1]) or \

@@ -177,3 +177,20 @@ def test_the_training_notebooks_ask_colab_for_a_gpu_and_resume_their_runs():
                 for call in ast.walk(ast.parse(cell.source)):
                     if isinstance(call, ast.Call) and getattr(call.func, "id", "") in ("fit", "fit_triplet"):
                         assert "runs_dir" in {k.arg for k in call.keywords}, f"{path.name}: {ast.unparse(call)[:80]}"
+
+
+def test_the_notebooks_choose_on_validation_and_measure_test_once():
+    """Every choice between runs (04's best ladder step and best embedder, 05's best backbone and the best.pt
+    it may replace) goes through helpers.train.best_on_validation or a validation score, never a test score."""
+    def code(name: str) -> str:
+        nb = nbformat.read(REPO / "notebooks" / name, as_version=4)
+        return "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+    nb04, nb05 = code("04_metric_learning.ipynb"), code("05_sota_backbones.ipynb")
+    assert 'best_ladder = best_on_validation({r: histories[r] for r in RUNS}, "valid_score")' in nb04
+    assert 'best_run = best_on_validation({r: histories[r] for r in recalls}, "valid_score")' in nb04
+    assert "best_name = best_on_validation(histories)" in nb05
+    assert 'previous.get("valid_roc_auc"' in nb05 and 'previous.get("test_roc_auc"' not in nb05
+    for source in (nb04, nb05, code("03_tuning.ipynb")):
+        for test_choice in ("key=lambda n: scores[n]", "key=lambda r: np.mean(list(recalls[r]", "scores[n].roc_auc)"):
+            assert test_choice not in source
