@@ -28,7 +28,7 @@ matplotlib.use("Agg")          # the command line draws into files (taggrams), n
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .audio import AudioLoadError  # noqa: E402
-from .config import DATASETS, PROFILES, checkpoint_path, choose_device, data_root, runs_folder  # noqa: E402
+from .config import DATASETS, PROFILES, checkpoint_path, choose_device, choose_fast_paths, data_root, runs_folder  # noqa: E402
 from .course.grading import MarkerError, grade, write_student_version  # noqa: E402
 from .course.run import run_notebooks  # noqa: E402
 from .course.setup import open_dataset  # noqa: E402
@@ -256,7 +256,8 @@ def _train(args: argparse.Namespace) -> int:
     dataset = data.meta.get("name") or args.dataset
     device = choose_device(args.device)
     changes = {k: v for k, v in (("epochs", args.epochs), ("max_batches", args.max_batches)) if v is not None}
-    recipe = replace(RECIPES[args.recipe], amp=device.type == "cuda", **changes)
+    fast = choose_fast_paths()
+    recipe = replace(RECIPES[args.recipe], amp=fast, channels_last=fast, **changes)
     options = {k: v for k, v in (("width", args.width), ("input_samples", args.input_samples)) if v is not None}
     try:
         unknown = sorted(set(options) - set(model_options(args.model)))

@@ -32,7 +32,7 @@ with warnings.catch_warnings():
 
 __all__ = ["SAMPLE_RATE", "PROFILES", "usable_cpus", "DATASETS", "REPO", "REPO_URL", "DRIVE_FOLDER", "in_colab",
            "runtime_root", "tqdm", "choose_profile", "choose_dataset", "MTAT_SPLITS", "choose_mtat_split",
-           "choose_device", "choose_progress", "data_root", "results_path", "checkpoint_path", "runs_folder",
+           "choose_device", "choose_progress", "choose_fast_paths", "data_root", "results_path", "checkpoint_path", "runs_folder",
            "atomic_write"]
 
 #: Sample rate (Hz) of every waveform in the course: datasets, models, tagging.
@@ -128,6 +128,18 @@ def choose_progress(profile: str | None = None) -> bool:
     if value:
         return value not in ("0", "false", "no", "off")
     return choose_profile(profile) != "ci"
+
+
+def choose_fast_paths(enabled: bool | None = None) -> bool:
+    """Whether training and evaluation use the processor's fast paths (mixed
+    precision where the hardware computes it natively, the channels-last
+    layout of 2D convolutions; see :func:`helpers.train.amp_dtype`):
+    ``enabled`` if given, else ``$COURSE_FAST_PATHS`` when set (``0``,
+    ``false``, ``no`` or ``off`` for no), else yes."""
+    if enabled is not None:
+        return bool(enabled)
+    value = os.environ.get("COURSE_FAST_PATHS", "").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def data_root(name: str = "synthetic") -> Path:

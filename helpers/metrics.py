@@ -176,28 +176,45 @@ def chance_scores(y_true: np.ndarray) -> dict[str, float]:
             "per_tag_pr_auc": per_tag}
 
 
-def _top_k_neighbours(sim: np.ndarray, k: int, groups: np.ndarray | None = None) -> np.ndarray:
+def _top_k_neighbours(sim: np.ndarray, k: int, groups: np.ndarray | None = None,
+                      block_rows: int = 512) -> np.ndarray:
     """Indices ``(N, k)`` of the k most similar other items of every row,
     most similar first, ties broken by lower index, the row itself (and, with
-    ``groups``, every item of its group) excluded."""
-    s = np.array(sim, dtype=np.result_type(sim.dtype, np.float32), copy=True)
-    np.fill_diagonal(s, -np.inf)
-    if groups is not None:
-        s[groups[:, None] == groups[None, :]] = -np.inf
-    # The k-th largest value of each row does not depend on how ties are
-    # ordered, so a fast (multi-threaded) top-k may find it.
-    kth = torch.topk(torch.from_numpy(s), k, dim=1).values[:, -1].numpy()[:, None]
-    chosen = s > kth
-    equal = s == kth
-    need = k - chosen.sum(1)                                           # ties to take, lowest index first
-    n_equal = equal.sum(1)
-    chosen |= equal & (n_equal == need)[:, None]                       # rows where every tie is taken
-    for r in np.flatnonzero(n_equal > need):                           # rows with more ties than room
-        ties = np.flatnonzero(equal[r])[:need[r]]
-        chosen[r, ties] = True
-    idx = np.nonzero(chosen)[1].reshape(len(s), k)                     # ascending index within each row
-    order = np.argsort(-np.take_along_axis(s, idx, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(idx, order, axis=1)
+    ``groups``, every item of its group) excluded.
+
+    Rows are taken ``block_rows`` at a time (a few MB, in cache), and a fast
+    top-k finds each row's k largest values; only rows whose k-th value is
+    tied with values that did not fit are then resolved by index."""
+    s_all = torch.from_numpy(np.ascontiguousarray(sim, dtype=np.result_type(sim.dtype, np.float32)))
+    n = len(s_all)
+    if groups is not None:                              # the members of each group, one group after the other
+        members = np.argsort(groups, kind="stable")
+        sizes = np.bincount(groups)
+        first = np.cumsum(sizes) - sizes
+    out = np.empty((n, k), dtype=np.int64)
+    for start in range(0, n, block_rows):
+        rows = torch.arange(start, min(start + block_rows, n))
+        s = s_all[rows].clone()                                            # (b, N)
+        s[torch.arange(len(rows)), rows] = -np.inf
+        if groups is not None:                                             # (row, member of its group) pairs
+            g = groups[start:start + len(rows)]
+            count = sizes[g]
+            row = np.repeat(np.arange(len(rows)), count)
+            offset = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+            s[torch.from_numpy(row), torch.from_numpy(members[np.repeat(first[g], count) + offset])] = -np.inf
+        values, idx = torch.topk(s, k, dim=1)                              # the k largest, any order among ties
+        kth = values[:, -1:]
+        short = torch.nonzero((s == kth).sum(1) > (values == kth).sum(1)).flatten()
+        for r in short.tolist():                                           # ties at the k-th value left out:
+            row = s[r]                                                     # take the lowest indices of them
+            above = torch.nonzero(row > kth[r]).flatten()
+            ties = torch.nonzero(row == kth[r]).flatten()[:k - len(above)]
+            idx[r] = torch.cat([above, ties])
+            values[r] = row[idx[r]]
+        v, i = values.numpy(), idx.numpy()
+        order = np.lexsort((i, -v), axis=1)                                # by similarity, then by index
+        out[start:start + len(rows)] = np.take_along_axis(i, order, axis=1)
+    return out
 
 
 def _check_groups(groups: Sequence | None, n: int, k: int) -> np.ndarray | None:

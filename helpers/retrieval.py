@@ -22,7 +22,7 @@ from .config import choose_device
 from .data import ChunkDataset, TaggedAudio, clip_songs, triplet_dataset
 from .metrics import recall_at_ks, same_group_top1
 from .train import (HOMEWORK_RECIPE, BatchLoss, EpochRecord, Recipe, RunCheckpoints, autocast, embed_clips,
-                    embedding_of, model_checkpoint, run_identity, seed_everything, train_epochs, training_loader)
+                    embedding_of, fast_layout, model_checkpoint, run_identity, seed_everything, train_epochs, training_loader)
 
 __all__ = ["DISTANCES", "triplet_loss", "similarity_matrix", "retrieval_report", "evaluate_retrieval", "TripletHistory",
            "fit_triplet"]
@@ -125,7 +125,8 @@ def evaluate_retrieval(model: nn.Module, data: TaggedAudio, split: str = "test",
                        ks: tuple[int, ...] = (1, 2, 4, 8), chunk_samples: int | None = None, batch_size: int = 64,
                        device: str | torch.device | None = None, progress: bool = True,
                        max_batches: int | None = None, embedding: str = "output",
-                       exclude_same_song: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+                       exclude_same_song: bool = False,
+                       fast_paths: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Multi-label Recall@K of ``model``'s clip embeddings on ``split``.
 
     A clip's embedding is the mean of its chunk embeddings at layer
@@ -137,11 +138,12 @@ def evaluate_retrieval(model: nn.Module, data: TaggedAudio, split: str = "test",
     embeddings (n_clips, dim), labels (n_clips, n_tags))``, the embeddings
     L2-normalised for ``cosine`` and raw for ``euclidean``, in the split's
     order. ``max_batches`` (the ``ci`` profile) keeps only the clips of the
-    first batches (the first clips of the split).
+    first batches (the first clips of the split); ``fast_paths`` as in
+    :func:`helpers.train.predict`.
     """
     chunks = ChunkDataset(data, split, chunk_samples or getattr(model, "input_samples", 48000))
     out = embed_clips(model, chunks, embedding, batch_size=batch_size, device=device, progress=progress,
-                      max_batches=max_batches)
+                      max_batches=max_batches, fast_paths=fast_paths)
     emb, y = out.values[out.seen], chunks.labels.numpy()[out.seen]
     if distance == "cosine":
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -214,7 +216,7 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
     identity = run_identity(model, data, recipe, model_name, model_options, loss=loss_spec)
     device = choose_device(device)
     generator = seed_everything(recipe.seed)
-    model.to(device)
+    fast_layout(model.to(device), recipe.channels_last)
     chunk = getattr(model, "input_samples", 48000)
     loader = training_loader(triplet_dataset(data, "train", chunk, sampling), recipe, generator, device)
 
@@ -235,7 +237,7 @@ def fit_triplet(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_R
     def validate() -> dict:
         _, emb, y = evaluate_retrieval(model, data, "valid", distance, batch_size=recipe.eval_batch_size,
                                        device=device, progress=False, max_batches=recipe.max_batches,
-                                       embedding=embedding)
+                                       embedding=embedding, fast_paths=recipe.amp)
         report = retrieval_report(emb, y, valid_songs[:len(emb)], distance)
         recall = report["other songs"] or report["all clips"]     # a split too small to leave a song out: all
         share = zero["zero"] / max(zero["triplets"], 1)           # validate() closes the epoch: count the next

@@ -33,7 +33,7 @@ from torch import nn
 from .audio import load_audio
 from .config import SAMPLE_RATE
 from .data import ChunkDataset, TaggedAudio, window_starts
-from .train import embed_clips, load_checkpoint
+from .train import autocast, embed_clips, fast_layout, load_checkpoint
 
 __all__ = ["TagResult", "Tagger", "ClipIndex", "window_starts"]
 
@@ -83,29 +83,33 @@ class Tagger:
 
     ``Tagger(path)`` loads a checkpoint (:func:`helpers.train.load_checkpoint`);
     ``Tagger.from_model(model, tags)`` wraps a model in memory. ``hop_seconds``
-    is the default hop between windows (1 s).
+    is the default hop between windows (1 s). ``fast_paths``: tag in mixed
+    precision where the hardware has it natively, with the channels-last
+    layout (:func:`helpers.train.amp_dtype`); off by default, so that the
+    published models give musicnn's own numbers (within 1e-4).
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
-                 hop_seconds: float = 1.0) -> None:
+                 hop_seconds: float = 1.0, fast_paths: bool = False) -> None:
         model, ckpt = load_checkpoint(checkpoint, device)
         if ckpt.get("trained_as") == "embedder":
             raise ValueError(f"{checkpoint} holds an embedder trained with a triplet loss, not a tagger: "
                              f"tag with a tagger checkpoint, e.g. checkpoints/<dataset>/best.pt")
-        self._setup(model, list(ckpt["tags"]), ckpt.get("model_name", ""), hop_seconds, ckpt)
+        self._setup(model, list(ckpt["tags"]), ckpt.get("model_name", ""), hop_seconds, ckpt, fast_paths)
         self.path = Path(checkpoint)
 
     @classmethod
     def from_model(cls, model: nn.Module, tags: Sequence[str], hop_seconds: float = 1.0,
-                   model_name: str | None = None) -> "Tagger":
+                   model_name: str | None = None, fast_paths: bool = False) -> "Tagger":
         """A tagger around a model already in memory (no checkpoint needed)."""
         tagger = cls.__new__(cls)
         tagger._setup(model, list(tags), model_name or getattr(model, "name", type(model).__name__),
-                      hop_seconds, {})
+                      hop_seconds, {}, fast_paths)
         tagger.path = None
         return tagger
 
-    def _setup(self, model: nn.Module, tags: list[str], name: str, hop_seconds: float, ckpt: dict) -> None:
+    def _setup(self, model: nn.Module, tags: list[str], name: str, hop_seconds: float, ckpt: dict,
+               fast_paths: bool) -> None:
         n_out = getattr(model, "n_tags", None)
         if n_out is None:
             raise ValueError(f"{name or type(model).__name__} is not a tagger (no n_tags): "
@@ -113,7 +117,8 @@ class Tagger:
         if n_out != len(tags):
             raise ValueError(f"the model outputs {n_out} tags but {len(tags)} tag names were given")
         self.model, self.tags, self.model_name, self.checkpoint = model.eval(), tags, name, ckpt
-        self.hop_seconds = hop_seconds
+        self.hop_seconds, self.fast_paths = hop_seconds, fast_paths
+        fast_layout(model, fast_paths)
         self.window = int(getattr(model, "input_samples", 3 * SAMPLE_RATE))
         self.device = next(model.parameters()).device
 
@@ -131,6 +136,10 @@ class Tagger:
         wav = np.asarray(wav, dtype=np.float32)
         if wav.ndim != 1 or len(wav) == 0:
             raise ValueError(f"expected a mono waveform of shape (samples,), got {wav.shape}")
+        with autocast(self.device, self.fast_paths):
+            return self._tag(wav, source, hop_seconds, batch_size)
+
+    def _tag(self, wav: np.ndarray, source: str, hop_seconds: float | None, batch_size: int) -> TagResult:
         if getattr(self.model, "patch_frames", None):
             return self._tag_patches(wav, source, hop_seconds or self.hop_seconds, batch_size)
         hop = max(1, int(round((hop_seconds or self.hop_seconds) * SAMPLE_RATE)))

@@ -18,10 +18,12 @@ pretrained model's embeddings, a classical baseline).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -36,14 +38,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .audio import LogMelSpectrogram
-from .config import PROFILES, atomic_write, choose_device, choose_profile, tqdm
+from .config import PROFILES, atomic_write, choose_device, choose_fast_paths, choose_profile, tqdm
 from .data import ChunkDataset, RandomCropDataset, TaggedAudio, clip_songs
 from .metrics import TaggingScores, tagging_scores
 from .models import build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainingDivergedError", "seed_everything", "Recipe", "HOMEWORK_RECIPE",
            "WON2020_RECIPE", "RECIPES",
-           "amp_dtype", "autocast", "grad_scaler", "optimizer_step", "make_optimizer",
+           "cpu_has_native_bfloat16", "amp_dtype", "autocast", "fast_layout", "grad_scaler", "optimizer_step", "make_optimizer",
            "save_checkpoint", "model_checkpoint", "load_checkpoint",
            "ClipOutputs", "predict", "embed_clips", "embedding_of", "EMBEDDING_LAYERS", "evaluate",
            "EpochRecord", "History", "kept_value", "best_on_validation", "BatchLoss", "data_fingerprint", "architecture_fingerprint", "run_identity",
@@ -82,7 +84,14 @@ class Recipe:
     ``max_batches`` caps the batches per epoch (the ``ci`` profile);
     ``early_stopping`` stops after that many epochs without a better
     validation score; training also stops when the learning rate falls below
-    ``min_lr``. ``amp``: mixed precision (see :func:`amp_dtype`).
+    ``min_lr``.
+
+    ``amp`` and ``channels_last``, the processor's fast paths: mixed
+    precision where the hardware computes it natively (:func:`amp_dtype`),
+    and the channels-last memory layout for 2D convolutions
+    (:func:`fast_layout`). A bare recipe has neither (plain float32); every
+    profile turns both on (:meth:`for_profile`), and ``$COURSE_FAST_PATHS=0``
+    turns both off.
 
     ``schedule``: ``"plateau"`` (the homework's: the learning rate times
     ``plateau_factor`` after ``plateau_patience`` epochs without a better
@@ -108,6 +117,7 @@ class Recipe:
     max_batches: int | None = None
     num_workers: int = 0
     amp: bool = False
+    channels_last: bool = False
     seed: int = 0
     schedule: str = "plateau"         # 'plateau' or 'won2020'
     switch_epoch: int = 80
@@ -122,10 +132,18 @@ class Recipe:
     EXTENDABLE: ClassVar[tuple[str, ...]] = ("epochs",)
 
     def for_profile(self, profile: str, **changes: Any) -> "Recipe":
-        """This recipe with the epochs, batch caps and workers of a profile."""
+        """This recipe with the epochs, batch caps and workers of a profile,
+        and the processor's fast paths (``amp``, ``channels_last``) unless
+        ``$COURSE_FAST_PATHS`` turns them off (:func:`helpers.config.choose_fast_paths`)."""
         profile = choose_profile(profile)
-        settings = {**PROFILES[profile], "amp": self.amp or profile == "gpu"}
+        fast = choose_fast_paths()
+        settings = {**PROFILES[profile], "amp": fast, "channels_last": fast}
         return replace(self, **{**settings, **changes})
+
+    def __repr__(self) -> str:
+        """The fields that matter for this recipe: those of its schedule only."""
+        shown = set(self.identity()) | set(self.EXTENDABLE)
+        return f"Recipe({', '.join(f'{f.name}={getattr(self, f.name)!r}' for f in fields(self) if f.name in shown)})"
 
 
     def identity(self) -> dict[str, Any]:
@@ -172,13 +190,52 @@ RECIPES = {"homework": HOMEWORK_RECIPE, "won2020": WON2020_RECIPE}
 # Mixed precision: the course's one policy
 # ----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4)
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively: Intel's AMX
+    (``amx_bf16``) or AVX-512 BF16 (``avx512_bf16``, Intel Cooper Lake and
+    later, AMD Zen 4 and later), read from the flags of ``cpuinfo`` on Linux,
+    else asked of PyTorch. Elsewhere PyTorch emulates bfloat16, more slowly
+    than it computes float32."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            flags = set(next((line for line in f if line.startswith("flags")), "").split())
+        return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return sys.platform != "darwin" and any(check() for check in checks if check is not None)
+
+
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     """The autocast dtype of mixed precision on ``device``: float16 on CUDA
-    (with loss scaling, :func:`grad_scaler`), bfloat16 on the CPU; ``None``
-    (plain float32) when ``enabled`` is false or on any other device."""
+    (with loss scaling, :func:`grad_scaler`); bfloat16 on a CPU that computes
+    it natively (:func:`cpu_has_native_bfloat16`); ``None`` (plain float32)
+    when ``enabled`` is false, on a CPU without native bfloat16 (an emulated
+    one is slower than float32) and on any other device."""
+    kind = torch.device(device).type
     if not enabled:
         return None
-    return {"cuda": torch.float16, "cpu": torch.bfloat16}.get(torch.device(device).type)
+    if kind == "cuda":
+        return torch.float16
+    if kind == "cpu" and cpu_has_native_bfloat16():
+        return torch.bfloat16
+    return None
+
+
+def fast_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` (changed in place) with its 4D weights in the channels-last
+    memory layout when ``channels_last`` and the model has 2D convolutions:
+    oneDNN's (CPU) and cuDNN's fast convolution kernels work in that layout,
+    so every 2D convolution, batch norm and pooling layer then runs without
+    converting; except for a model whose ``channels_last_helps`` is false
+    (Musicnn, slower in it). Otherwise the usual contiguous layout. The
+    numbers the model computes are the same up to rounding; its state dict
+    loads either way."""
+    wanted = channels_last and getattr(model, "channels_last_helps", True) and \
+        any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return model.to(memory_format=torch.channels_last if wanted else torch.contiguous_format)
 
 
 def autocast(device: torch.device, enabled: bool) -> ContextManager:
@@ -342,10 +399,11 @@ class ClipOutputs:
 def _mean_over_chunks(forward: Callable[[torch.Tensor], torch.Tensor], chunks: ChunkDataset, *, batch_size: int,
                       device: torch.device, progress: bool, max_batches: int | None, num_workers: int, desc: str,
                       activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      with_loss: bool = False) -> ClipOutputs:
-    """Run ``forward`` on every chunk of ``chunks`` and average its outputs
-    per clip (in float64), after ``activation`` (e.g. a sigmoid); with
-    ``with_loss``, also the mean BCE of the raw outputs (logits)."""
+                      with_loss: bool = False, amp: bool = False) -> ClipOutputs:
+    """Run ``forward`` on every chunk of ``chunks`` (in :func:`autocast` with
+    ``amp``) and average its outputs per clip (in float64), after
+    ``activation`` (e.g. a sigmoid); with ``with_loss``, also the mean BCE of
+    the raw outputs (logits)."""
     loader = DataLoader(chunks, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     n_batches = len(loader) if max_batches is None else min(max_batches, len(loader))
@@ -353,7 +411,8 @@ def _mean_over_chunks(forward: Callable[[torch.Tensor], torch.Tensor], chunks: C
     loss_sum, n_values = 0.0, 0
     for x, pos in tqdm(_batches(loader, max_batches, desc), total=n_batches, desc=desc, unit="batch",
                        disable=not progress, leave=False):
-        out = forward(x.to(device, non_blocking=True)).float().cpu()
+        with autocast(device, amp):
+            out = forward(x.to(device, non_blocking=True)).float().cpu()
         if with_loss:
             loss_sum += nn.functional.binary_cross_entropy_with_logits(out, chunks.labels[pos],
                                                                        reduction="sum").item()
@@ -369,16 +428,20 @@ def _mean_over_chunks(forward: Callable[[torch.Tensor], torch.Tensor], chunks: C
 
 
 def predict(model: nn.Module, chunks: ChunkDataset, batch_size: int = 64, device: str | torch.device | None = None,
-            progress: bool = True, num_workers: int = 0, max_batches: int | None = None) -> ClipOutputs:
+            progress: bool = True, num_workers: int = 0, max_batches: int | None = None,
+            fast_paths: bool = False) -> ClipOutputs:
     """Tag probabilities of every clip of ``chunks``: the sigmoid of the
     model's logits on each chunk, averaged per clip, float32 ``(n_clips,
     n_tags)`` in ``.values``. ``max_batches`` stops early (quick checks:
-    ``.seen`` says which clips were reached)."""
+    ``.seen`` says which clips were reached). ``fast_paths``: mixed precision
+    where the hardware has it natively and the channels-last layout (what
+    training uses, :class:`Recipe`; the notebooks pass
+    :func:`helpers.config.choose_fast_paths`); by default exact float32."""
     device = choose_device(device)
-    model = model.to(device).eval()
+    model = fast_layout(model.to(device), fast_paths).eval()
     out = _mean_over_chunks(model, chunks, batch_size=batch_size, device=device, progress=progress,
                             max_batches=max_batches, num_workers=num_workers, desc="predicting",
-                            activation=torch.sigmoid)
+                            activation=torch.sigmoid, amp=fast_paths)
     return replace(out, values=out.values.astype(np.float32))
 
 
@@ -400,14 +463,16 @@ def embedding_of(model: nn.Module, layer: str = "output") -> Callable[[torch.Ten
 
 def embed_clips(model: nn.Module, chunks: ChunkDataset, layer: str = "output", normalize: bool = False,
                 batch_size: int = 64, device: str | torch.device | None = None, progress: bool = True,
-                num_workers: int = 0, max_batches: int | None = None) -> ClipOutputs:
+                num_workers: int = 0, max_batches: int | None = None, fast_paths: bool = False) -> ClipOutputs:
     """The embedding of every clip of ``chunks``: the mean of its chunks'
     embeddings at ``layer`` (:func:`embedding_of`), float32 ``(n_clips,
-    dim)`` in ``.values``, L2-normalised when ``normalize``."""
+    dim)`` in ``.values``, L2-normalised when ``normalize``. ``fast_paths``
+    as in :func:`predict`."""
     device = choose_device(device)
-    model = model.to(device).eval()
+    model = fast_layout(model.to(device), fast_paths).eval()
     out = _mean_over_chunks(embedding_of(model, layer), chunks, batch_size=batch_size, device=device,
-                            progress=progress, max_batches=max_batches, num_workers=num_workers, desc="embedding")
+                            progress=progress, max_batches=max_batches, num_workers=num_workers, desc="embedding",
+                            amp=fast_paths)
     values = out.values
     if normalize:
         values = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
@@ -416,7 +481,8 @@ def embed_clips(model: nn.Module, chunks: ChunkDataset, layer: str = "output", n
 
 def evaluate(model: nn.Module, data: TaggedAudio, split: str = "test", chunk_samples: int | None = None,
              batch_size: int = 64, device: str | torch.device | None = None, progress: bool = True,
-             max_batches: int | None = None, bootstrap: int = 1000) -> tuple[TaggingScores, np.ndarray, np.ndarray]:
+             max_batches: int | None = None, bootstrap: int = 1000,
+             fast_paths: bool = False) -> tuple[TaggingScores, np.ndarray, np.ndarray]:
     """Tagging scores of ``model`` on ``split`` with chunk-averaged predictions
     (every clip covered whole, :func:`helpers.data.chunk_starts`).
 
@@ -424,10 +490,11 @@ def evaluate(model: nn.Module, data: TaggedAudio, split: str = "test", chunk_sam
     The scores carry 95 % intervals of the macro ROC-AUC and PR-AUC from
     ``bootstrap`` resamples of the split's songs
     (:func:`helpers.metrics.bootstrap_intervals`; 0: none). ``max_batches``
-    (the ``ci`` profile) scores only the clips of the first batches.
+    (the ``ci`` profile) scores only the clips of the first batches;
+    ``fast_paths`` as in :func:`predict`.
     """
     chunks = ChunkDataset(data, split, chunk_samples or getattr(model, "input_samples", 48000))
-    out = predict(model, chunks, batch_size, device, progress, max_batches=max_batches)
+    out = predict(model, chunks, batch_size, device, progress, max_batches=max_batches, fast_paths=fast_paths)
     probs, y = out.values[out.seen], chunks.labels.numpy()[out.seen]
     songs = clip_songs(data, split)[out.seen] if bootstrap else None
     return tagging_scores(y, probs, data.tags, groups=songs, n_boot=bootstrap), probs, y
@@ -856,7 +923,7 @@ def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
     generator = torch.Generator()
     states = _random_states(generator)
     try:
-        trial = copy.deepcopy(model).to(device).train()
+        trial = fast_layout(copy.deepcopy(model).to(device), recipe.channels_last).train()
         optimizer, scaler = make_optimizer(trial, recipe), grad_scaler(device, recipe.amp)
         n = recipe.batch_size * clips_per_item
         x = torch.stack([crops[i % len(crops)][0] for i in range(n)]).to(device)
@@ -909,7 +976,7 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
     identity = run_identity(model, data, recipe, model_name, model_options)
     device = choose_device(device)
     generator = seed_everything(recipe.seed)
-    model.to(device)
+    fast_layout(model.to(device), recipe.channels_last)
     chunk = getattr(model, "input_samples", 48000)
     loader = training_loader(RandomCropDataset(data, "train", chunk), recipe, generator, device)
     valid = ChunkDataset(data, "valid", chunk)
@@ -926,7 +993,7 @@ def fit(model: nn.Module, data: TaggedAudio, recipe: Recipe = HOMEWORK_RECIPE, m
         out = _mean_over_chunks(model, valid, batch_size=recipe.eval_batch_size, device=device, progress=False,
                                 max_batches=recipe.max_batches, num_workers=recipe.num_workers,
                                 desc=f"the validation data of {model_name}", activation=torch.sigmoid,
-                                with_loss=True)
+                                with_loss=True, amp=recipe.amp)
         try:
             scores = tagging_scores(valid.labels.numpy()[out.seen], out.values[out.seen])
         except ValueError:             # too few clips seen (ci profile) to score any tag

@@ -201,6 +201,10 @@ class SpectrogramModel(nn.Module):
     embedding_dim: int
     #: True for models that need exactly ``input_samples`` samples.
     exact_length: bool = False
+    #: Whether the channels-last memory layout speeds the model's 2D
+    #: convolutions up (:func:`helpers.train.fast_layout`; measured with
+    #: ``benchmarks/bench_cpu_speed.py``).
+    channels_last_helps: bool = True
 
     def __init__(self, n_mels: int = 96, input_samples: int = THREE_SECONDS, min_frames: int = 1) -> None:
         super().__init__()

@@ -135,6 +135,7 @@ class PonsMusicnn(PonsModel):
     """
 
     name = "musicnn_pons"
+    channels_last_helps = False      # as Musicnn's (helpers.models.sota)
 
     def __init__(self, n_tags: int = 50) -> None:
         super().__init__(n_tags)

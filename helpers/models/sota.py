@@ -80,6 +80,7 @@ class Musicnn(Classifier):
     """
 
     name = "musicnn"
+    channels_last_helps = False      # its tall one-channel filters train at half speed in that layout (2 CPU cores)
 
     def __init__(self, n_tags: int = 50, dropout: float = 0.5, width: float = 1.0) -> None:
         super().__init__(n_tags, n_mels=96, input_samples=THREE_SECONDS)
