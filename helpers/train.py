@@ -45,7 +45,7 @@ from .models import build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "TrainingDivergedError", "seed_everything", "Recipe", "HOMEWORK_RECIPE",
            "WON2020_RECIPE", "RECIPES",
-           "cpu_has_native_bfloat16", "amp_dtype", "autocast", "fast_layout", "grad_scaler", "optimizer_step", "make_optimizer",
+           "cpu_has_native_bfloat16", "amp_dtype", "autocast", "describe_fast_paths", "fast_layout", "grad_scaler", "optimizer_step", "make_optimizer",
            "save_checkpoint", "model_checkpoint", "load_checkpoint",
            "ClipOutputs", "predict", "embed_clips", "embedding_of", "EMBEDDING_LAYERS", "evaluate",
            "EpochRecord", "History", "kept_value", "best_on_validation", "BatchLoss", "data_fingerprint", "architecture_fingerprint", "run_identity",
@@ -222,6 +222,22 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if kind == "cpu" and cpu_has_native_bfloat16():
         return torch.bfloat16
     return None
+
+
+def describe_fast_paths(device: str | torch.device, recipe: "Recipe") -> str:
+    """One line: what ``recipe``'s fast paths do on ``device`` (for a notebook to print)."""
+    device = torch.device(device)
+    dtype = amp_dtype(device, recipe.amp)
+    if dtype == torch.float16:
+        precision = "float16 autocast with loss scaling"
+    elif dtype == torch.bfloat16:
+        precision = "bfloat16 autocast (this CPU computes bfloat16 natively)"
+    elif recipe.amp and device.type == "cpu":
+        precision = "float32 (this CPU has no native bfloat16: emulated, it would be slower)"
+    else:
+        precision = "float32 (mixed precision off)"
+    layout = "channels-last 2D convolutions" if recipe.channels_last else "the default memory layout"
+    return f"{device.type}: {precision}; {layout}"
 
 
 def fast_layout(model: nn.Module, channels_last: bool) -> nn.Module:

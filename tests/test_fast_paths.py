@@ -144,3 +144,14 @@ def test_recall_at_k_is_exact_with_ties_and_groups_in_row_blocks():
         codes = np.unique(groups, return_inverse=True)[1] if groups is not None else None
         blocked = _top_k_neighbours(sim, k, codes, block_rows=int(rng.integers(1, 6)))
         assert np.array_equal(blocked, np.array(neighbours))
+
+
+def test_the_notebooks_say_what_runs(monkeypatch):
+    fast = HOMEWORK_RECIPE.for_profile("cpu")
+    monkeypatch.setattr(train, "cpu_has_native_bfloat16", lambda: True)
+    assert train.describe_fast_paths("cpu", fast) == ("cpu: bfloat16 autocast (this CPU computes bfloat16 natively); "
+                                                      "channels-last 2D convolutions")
+    assert train.describe_fast_paths("cuda", fast).startswith("cuda: float16 autocast with loss scaling")
+    monkeypatch.setattr(train, "cpu_has_native_bfloat16", lambda: False)
+    assert "no native bfloat16" in train.describe_fast_paths("cpu", fast)
+    assert train.describe_fast_paths("cpu", HOMEWORK_RECIPE) == "cpu: float32 (mixed precision off); the default memory layout"
