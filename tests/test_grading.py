@@ -21,18 +21,18 @@ from helpers.models import build_model
 REPO = Path(__file__).resolve().parent.parent
 
 SETUP = f"import sys\nsys.path.insert(0, {str(REPO)!r})"
-RECALL_OK = f"""def my_recall(sim, labels, k):
+RECALL_OK = f"""def my_recall_at_k(sim, labels, k):
     {BEGIN}
     from helpers.metrics import recall_at_k
     return recall_at_k(sim, labels, k)
     {END}"""
-RECALL_SELF = """def my_recall(sim, labels, k):
+RECALL_SELF = """def my_recall_at_k(sim, labels, k):
     import numpy as np
     order = np.argsort(-sim, axis=1, kind="stable")[:, :k]       # forgets to skip the query itself
     scores = [(labels[order[q]].any(0) & labels[q].astype(bool)).sum() / labels[q].sum()
               for q in range(len(sim)) if labels[q].sum()]
     return float(np.mean(scores))"""
-CHECK = "from helpers.course.checks import check_recall_at_k\ncheck_recall_at_k(my_recall)"
+CHECK = "from helpers.course.checks import check_recall_at_k\ncheck_recall_at_k(my_recall_at_k)"
 RECORD = "from helpers.course import record_result\nrecord_result('toy', '99', roc_auc=0.75)"
 
 
@@ -76,7 +76,7 @@ def test_student_version_is_deterministic_and_reports_bad_markers(tmp_path):
 
 
 def test_student_notebook_runs_until_the_first_exercise(tmp_path):
-    nb = student_notebook(make_notebook([SETUP, "ready = 'yes'\nprint(ready)", RECALL_OK + "\nmy_recall(0, 0, 1)",
+    nb = student_notebook(make_notebook([SETUP, "ready = 'yes'\nprint(ready)", RECALL_OK + "\nmy_recall_at_k(0, 0, 1)",
                                          CHECK]), "toy")
     client = NotebookClient(nb, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
@@ -126,10 +126,10 @@ def test_cnn2d_check_passes_on_figure1_and_explains_a_wrong_padding():
 def test_recall_check_passes_on_the_definition_and_catches_counting_the_query():
     namespace: dict = {}
     exec(RECALL_OK.replace(BEGIN, "").replace(END, ""), namespace)
-    ok, text = verdict(check_recall_at_k, namespace["my_recall"])
+    ok, text = verdict(check_recall_at_k, namespace["my_recall_at_k"])
     assert ok and text.startswith("PASSED")
     exec(RECALL_SELF, namespace)
-    ok, text = verdict(check_recall_at_k, namespace["my_recall"])
+    ok, text = verdict(check_recall_at_k, namespace["my_recall_at_k"])
     assert not ok and "the definition gives 0.6250" in text and "its own neighbour" in text
     ok, text = verdict(check_recall_at_k, lambda s, l, k: 1 / 0)
     assert not ok and "ZeroDivisionError" in text
@@ -144,7 +144,7 @@ def test_grading_a_folder_never_stops_on_a_broken_submission(tmp_path):
                    subs / "carol.ipynb")
     (subs / "dave.txt").write_text("I forgot to attach the notebook")
     out = tmp_path / "grades.csv"
-    rows = grade([subs], out, timeout=120, solutions=subs, run_dir=tmp_path)
+    rows = grade([subs], out, timeout=120, dataset=tmp_path / "no-data")
     assert len(rows) == 4
     with open(out, newline="") as f:
         rows = {Path(r["submission"]).stem: r for r in csv.DictReader(f)}
@@ -188,3 +188,103 @@ def test_student_version_of_notebook_02_stops_at_its_exercise(monkeypatch):
                             resources={"metadata": {"path": str(REPO / "notebooks")}})
     with pytest.raises(CellExecutionError, match="NotImplementedError"):
         client.execute()
+
+
+# --------------------------------------------------------------------------- hostile submissions
+
+WRONG = """def my_recall_at_k(sim, labels, k):
+    return 1.0"""
+HOSTILE_EXERCISE = {            # a wrong answer, and a trick to be graded as passing anyway
+    "checks-file": [SETUP, WRONG + "\nimport os\nopen(os.environ.get('COURSE_CHECKS_FILE', 'checks.jsonl'), 'a')"
+                    ".write('{\"check\": \"recall_at_k\", \"passed\": true}\\n')", CHECK],
+    "prints-passed": [SETUP, WRONG, "print('PASSED: your Recall@K agrees with the definition')"],
+    "patches-the-check": [SETUP, WRONG + "\nimport helpers.course.checks as c\nc.check_recall_at_k = lambda f: True"
+                          "\nc.judge_recall_at_k = lambda *a: (True, 'ok')", CHECK],
+    "edits-the-check-cell": [SETUP, WRONG, "passed = True  # check_recall_at_k(my_recall_at_k)"],
+    "patches-numpy-and-json": [SETUP, WRONG + "\nimport numpy, json, builtins\nnumpy.isclose = lambda *a, **k: True"
+                               "\njson.dumps = lambda *a, **k: '{\"passed\": true}'\nbuiltins.print = lambda *a: None",
+                               CHECK],
+    "patches-the-probe": [SETUP, WRONG + "\nimport builtins\n_exec = builtins.exec\nbuiltins.exec = lambda *a: None",
+                          CHECK],
+    "exits-the-kernel": [SETUP, WRONG + "\nimport os\nos._exit(0)", CHECK],
+    "raises-system-exit": [SETUP, "raise SystemExit(0)\n" + WRONG, CHECK],
+}
+GOOD = [SETUP, RECALL_OK, CHECK]
+
+
+def test_hostile_exercise_cells_are_never_graded_passed(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    names = []
+    for i, (trick, cells) in enumerate(HOSTILE_EXERCISE.items()):
+        nbformat.write(make_notebook(cells, outputs=False), subs / f"{i:02d}a-{trick}.ipynb")
+        names.append(f"{i:02d}a-{trick}")
+        if i % 3 == 2:                                          # a good one after some hostile ones
+            nbformat.write(make_notebook(GOOD, outputs=False), subs / f"{i:02d}b-good.ipynb")
+    nbformat.write(make_notebook(GOOD, outputs=False), subs / "99-good.ipynb")
+    rows = {Path(r["submission"]).stem: r for r in grade([subs], tmp_path / "grades.csv", timeout=30,
+                                                         whole_notebook=False)}
+    for name in names:
+        assert rows[name]["check_recall_at_k"] in ("failed", "tampered", "error"), (name, rows[name])
+    assert rows["01a-prints-passed"]["check_recall_at_k"] == "tampered"
+    assert rows["00a-checks-file"]["check_recall_at_k"] == "failed"
+    assert "gives 1.0000" in rows["00a-checks-file"]["notes"]
+    goods = [r for n, r in rows.items() if n.endswith("good")]
+    assert len(goods) == 3 and all(r["check_recall_at_k"] == "passed" for r in goods), goods
+
+
+HOSTILE_NOTEBOOK = {            # harm to the course, to the grader or to the next submission
+    "overwrites-helpers": ("import pathlib\nfor p in pathlib.Path('..').rglob('*.py'):\n    p.write_text('raise "
+                           "SystemExit')\npathlib.Path('../../data').mkdir(exist_ok=True)\nimport shutil, os\n"
+                           "shutil.rmtree(os.environ['COURSE_DATA'])\nopen(os.path.expanduser('~/.bashrc'), 'w')",
+                           "ok"),
+    "memory-bomb": ("x = []\nwhile True:\n    x.append(bytearray(2**28))", "memory"),
+    "huge-output": ("while True:\n    print('x' * 100000)", "error"),
+    "never-returns": ("while True:\n    pass", "timeout"),
+    "forks": ("import os, time\nfor _ in range(20):\n    if os.fork() == 0:\n        time.sleep(600)\n"
+              "        os._exit(0)\nraise RuntimeError('forked')", "error"),
+    "reads-the-grader-env": ("import os\nassert not [k for k in os.environ if 'SECRET' in k or k == "
+                             "'COURSE_CHECKS_FILE'], sorted(os.environ)", "ok"),
+}
+
+
+LIGHT_CHECK = "def check_recall_at_k(fn):\n    pass\n\n\ncheck_recall_at_k(my_recall_at_k)"   # not trusted anyway
+
+
+def test_hostile_notebooks_harm_nothing_and_end_with_a_reason(tmp_path, monkeypatch):
+    from helpers.course.sandbox import Limits, fingerprint
+
+    monkeypatch.setenv("GRADER_SECRET_TOKEN", "s3cret")
+    data = tmp_path / "data" / "synthetic"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text("{}")
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for i, (trick, (cell, _)) in enumerate(HOSTILE_NOTEBOOK.items()):
+        nbformat.write(make_notebook([SETUP, RECALL_SELF, LIGHT_CHECK, cell], outputs=False), subs / f"{i}a-{trick}.ipynb")
+    nbformat.write(make_notebook(GOOD + [RECORD], outputs=False), subs / "9-good.ipynb")
+    before = fingerprint([REPO / "helpers", REPO / "notebooks", data])
+    limits = Limits(timeout=15, memory=3 * 2**30, output=2**20)
+    rows = {Path(r["submission"]).stem: r
+            for r in grade([subs], tmp_path / "grades.csv", limits=limits, dataset=data)}
+    assert fingerprint([REPO / "helpers", REPO / "notebooks", data]) == before
+    for i, (trick, (_, status)) in enumerate(HOSTILE_NOTEBOOK.items()):
+        row = rows[f"{i}a-{trick}"]
+        assert row["status"] == status and row["check_recall_at_k"] == "failed", (trick, row)
+        assert status == "ok" or row["error"].startswith("cell 4 ")
+    assert "printed more than 1 MB" in rows["2a-huge-output"]["error"]
+    good = rows["9-good"]
+    assert good["status"] == "ok" and good["check_recall_at_k"] == "passed" and good["toy_roc_auc"] == 0.75
+
+
+def test_the_solution_notebooks_pass_and_their_student_versions_raise(tmp_path):
+    student = tmp_path / "student"
+    write_student_version(REPO / "notebooks", student)
+    names = ["01_cnn1d_baseline.ipynb", "02_cnn2d.ipynb", "03_tuning.ipynb", "04_metric_learning.ipynb"]
+    solved = grade([REPO / "notebooks" / n for n in names], tmp_path / "a.csv", timeout=120, whole_notebook=False)
+    assert [[v for k, v in r.items() if k.startswith("check_")] for r in solved] == [["passed"]] * 4, solved
+    unsolved = grade([student / n for n in names if not n.startswith("02")], tmp_path / "b.csv", timeout=120,
+                     whole_notebook=False)
+    for r in unsolved:
+        (verdict,) = [v for k, v in r.items() if k.startswith("check_")]
+        assert verdict == "error" and "NotImplementedError" in r["notes"], r
