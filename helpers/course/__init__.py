@@ -8,7 +8,9 @@ checkpoints (:func:`pretrained_checkpoint`, :func:`pretrained_model`), the resul
 exercises' self-checks (``check_*``).
 
 Around the notebooks: ``run`` (executing every notebook, the run summary),
-``grading`` (the student version and the grader); ``python -m helpers``
+``grading`` (the student version and the grader), ``exercises`` (grading
+one exercise in a clean kernel), ``sandbox`` (the workspace and the kernel
+with limits), ``probes`` (the kernel side of the checks); ``python -m helpers``
 calls them.
 """
 from .checks import check_cnn2d, check_recall_at_k, check_residual_block, check_top_k_tags
