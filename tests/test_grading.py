@@ -54,7 +54,7 @@ def test_student_version_strips_solutions_and_clears_later_outputs(tmp_path):
     student = student_notebook(nb, "toy.ipynb")
     code = [c for c in student.cells if c.cell_type == "code"]
     assert code[0].outputs and code[1].outputs                  # before the first exercise: kept
-    assert "recall_at_k(sim, labels, k)" not in code[2].source and BEGIN not in code[2].source
+    assert "return recall_at_k(sim, labels, k)" not in code[2].source and BEGIN not in code[2].source
     assert "    # YOUR CODE HERE\n    raise NotImplementedError" in code[2].source
     assert code[2].outputs == [] and code[3].outputs == [] and code[3].source == CHECK
     assert [c.id for c in student.cells] == [c.id for c in nb.cells]
