@@ -2,9 +2,10 @@
 fingerprint of the course's files.
 
 - :func:`workspace` fills a fresh folder with a copy of the course's
-  ``helpers`` package (and, for a whole notebook, of the dataset), laid out
-  as the course is (``course/helpers``, ``course/notebooks``) so that a
-  notebook's set-up cell imports the copy.
+  ``helpers`` package and of its committed metadata (``data/*.txt``: the
+  tag list, the checksums), and, for a whole notebook, of the dataset, laid
+  out as the course is (``course/helpers``, ``course/data``,
+  ``course/notebooks``) so that a notebook's set-up cell imports the copy.
 - :class:`Kernel` starts a kernel in that folder through
   ``kernel_launcher.py``, which sets the :class:`Limits` on the kernel's
   process (address space, tasks, file size, CPU time) and, when the grader
@@ -66,15 +67,21 @@ class Execution:
 
 
 def workspace(folder: Path, course: Path, dataset: Path | None = None) -> dict[str, Path]:
-    """Fill ``folder`` (empty) with a copy of ``course/helpers``, an empty
-    ``course/notebooks`` (the kernel's working folder), a home, and, when
-    given, a copy of the ``dataset`` folder under ``data/``. Returns the paths."""
+    """Fill ``folder`` (empty) with a copy of ``course/helpers`` and of the
+    files directly in ``course/data`` (the committed metadata, not the
+    datasets in its subfolders), an empty ``course/notebooks`` (the kernel's
+    working folder), a home, and, when given, a copy of the ``dataset``
+    folder under ``data/``. Returns the paths."""
     paths = {"course": folder / "course", "cwd": folder / "course" / "notebooks", "home": folder / "home",
              "data": folder / "data", "tmp": folder / "tmp"}
     shutil.copytree(course / "helpers", paths["course"] / "helpers",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for key in ("cwd", "home", "data", "tmp"):
         paths[key].mkdir(parents=True, exist_ok=True)
+    (paths["course"] / "data").mkdir()
+    for meta in (course / "data").glob("*"):
+        if meta.is_file():
+            shutil.copy2(meta, paths["course"] / "data" / meta.name)
     if dataset is not None and dataset.is_dir():
         shutil.copytree(dataset, paths["data"] / dataset.name)
     return paths
@@ -83,11 +90,14 @@ def workspace(folder: Path, course: Path, dataset: Path | None = None) -> dict[s
 def kernel_env(paths: dict[str, Path], dataset: str = "synthetic") -> dict[str, str]:
     """The kernel's whole environment: a few system variables, a home and a
     temporary folder of its own, and the course's variables pointing into
-    the workspace (``ci`` profile)."""
+    the workspace (``ci`` profile). The kernel writes no bytecode; it reads
+    the interpreter's own (the workspace's copy of ``helpers`` has none), so
+    that it starts in about half a second instead of compiling IPython and
+    torch anew."""
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     root = paths["home"].parent
     env.update(HOME=str(paths["home"]), TMPDIR=str(paths["tmp"]), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPYCACHEPREFIX=str(paths["tmp"] / "pycache"), MPLBACKEND="Agg",
+               MPLBACKEND="Agg",
                COURSE_PROFILE="ci", COURSE_DATASET=dataset, COURSE_DATA=str(paths["data"]),
                COURSE_RESULTS=str(root / "results.jsonl"), COURSE_RUNS=str(root / "runs"),
                COURSE_CHECKPOINTS=str(root / "checkpoints"), COURSE_PROGRESS="0")
@@ -255,12 +265,12 @@ def _error(content: dict) -> Execution:
 
 
 def fingerprint(folders: list[Path]) -> dict[str, tuple[int, int]]:
-    """``{path: (size, mtime_ns)}`` of every file under ``folders``
-    (``__pycache__`` left out: kernels never read it, see :func:`kernel_env`)."""
+    """``{path: (size, mtime_ns)}`` of every file under ``folders``, bytecode
+    caches included: a kernel writes none (see :func:`kernel_env`), so a
+    ``.pyc`` that appears there was planted for the grader to import."""
     prints: dict[str, tuple[int, int]] = {}
     for folder in folders:
         for root, dirs, files in os.walk(folder):
-            dirs[:] = [d for d in dirs if d != "__pycache__"]
             for name in files:
                 path = os.path.join(root, name)
                 try:
