@@ -270,7 +270,8 @@ def test_the_solution_notebooks_pass_and_their_student_versions_raise(tmp_path):
     """One grading call over a folder holding both: every exercise of a
     solution notebook passes; every one of its student version raises
     NotImplementedError."""
-    names = ["01_cnn1d_baseline.ipynb", "02_cnn2d.ipynb", "03_tuning.ipynb", "04_metric_learning.ipynb"]
+    names = ["01_cnn1d_baseline.ipynb", "02_cnn2d.ipynb", "03_tuning.ipynb", "04_metric_learning.ipynb",
+             "05_sota_backbones.ipynb"]
     subs = tmp_path / "subs"
     (subs / "solved").mkdir(parents=True)
     for name in names:
@@ -282,6 +283,7 @@ def test_the_solution_notebooks_pass_and_their_student_versions_raise(tmp_path):
     solved = {Path(k).name: v for k, v in verdicts.items() if "/solved/" in k}
     student = {Path(k).name: v for k, v in verdicts.items() if "student-" in k}
     assert sorted(solved) == names and all(set(v.values()) == {"passed"} for v in solved.values()), solved
+    assert sum(len(v) for v in solved.values()) == 7                   # 02, 04: two exercises each
     assert len(student) == len(names) and all(set(v.values()) == {"error"} for v in student.values()), student
     assert all(r["notes"].count("NotImplementedError") == len(verdicts[r["submission"]])
                for r in rows if "student-" in r["submission"]), rows

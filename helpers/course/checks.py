@@ -16,6 +16,7 @@ A judge only reads plain data; on outputs that are not what a probe returns
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from ..metrics import recall_at_k
-from ..models import ResBlock2d, build_model
+from ..models import MusicnnFrontEnd, ResBlock2d, build_model
+from ..retrieval import triplet_loss
 from . import probes
 
 #: Figure 1 of the homework: output of each block for a 3 s input (48,000 samples).
@@ -211,18 +213,34 @@ def residual_block_cases(seed: int = 0) -> list[dict]:
 
 def judge_residual_block(cases: list[dict], outputs: list) -> tuple[bool, str]:
     """The course's ``ResBlock2d`` output with the same weights; recognises a
-    missing shortcut and a ReLU applied before the addition."""
+    missing projection, a projection that is not 1x1 or has no batch norm, a
+    projection where the identity belongs, a missing shortcut in ``forward``
+    and a ReLU applied before the addition."""
     for i, case in enumerate(cases):
         c_in, c_out = case["c_in"], case["c_out"]
         x = torch.from_numpy(np.asarray(case["x"], dtype=np.float32))
-        if _raised(outputs, i):
-            return False, (f"your block with {c_in} -> {c_out} channels on a {tuple(x.shape)} input raised "
-                           f"{_raised(outputs, i)}")
+        raised = _raised(outputs, i)
+        if raised and "size mismatch for shortcut.0.weight" in raised:
+            return False, (f"with {c_in} -> {c_out} channels your shortcut's convolution has another kernel than the "
+                           f"course's: the projection is a 1x1 convolution, nn.Conv2d(c_in, c_out, kernel_size=1)")
+        if raised:
+            return False, f"your block with {c_in} -> {c_out} channels on a {tuple(x.shape)} input raised {raised}"
         missing, unexpected = list(_output(outputs, i, "missing")), list(_output(outputs, i, "unexpected"))
+        lacks = {k.split(".")[0] + "." + k.split(".")[1] if k.startswith("shortcut") else k for k in unexpected}
+        if c_in != c_out and {"shortcut.0", "shortcut.1"} <= lacks:
+            return False, (f"with {c_in} -> {c_out} channels your block has no projection shortcut: x has {c_in} "
+                           f"channels and cannot be added to {c_out}; when c_in != c_out, self.shortcut = "
+                           f"nn.Sequential(nn.Conv2d(c_in, c_out, kernel_size=1), nn.BatchNorm2d(c_out))")
+        if c_in != c_out and "shortcut.1" in lacks:
+            return False, (f"with {c_in} -> {c_out} channels your projection shortcut has no batch norm: follow its "
+                           f"1x1 convolution with nn.BatchNorm2d(c_out), as in the main path")
+        if c_in == c_out and any(k.startswith("shortcut.") for k in missing):
+            return False, (f"with {c_in} -> {c_out} channels the shortcut is the identity (nn.Identity()): a "
+                           f"projection is only needed when the number of channels changes")
         if missing or unexpected:
             return False, (f"with {c_in} -> {c_out} channels your block's layers differ from the course's: yours "
-                           f"lacks {unexpected} and has {missing} in addition. Keep the layers of the skeleton "
-                           f"(conv1, bn1, conv2, bn2, shortcut) and only write forward")
+                           f"lacks {unexpected} and has {missing} in addition. Name them as the course's ResBlock2d: "
+                           f"conv1, bn1, conv2, bn2, shortcut")
         ours = ResBlock2d(c_in, c_out, pool=(2, 2)).eval()
         ours.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in case["state"].items()})
         got = torch.from_numpy(np.asarray(_output(outputs, i, "output"), dtype=np.float32))
@@ -322,7 +340,235 @@ def check_recall_at_k(fn: Callable[[np.ndarray, np.ndarray, int], float]) -> boo
     return _check("recall_at_k", fn)
 
 
+
+# --------------------------------------------------------------------------- 02: Figure 1's table, by hand
+
+#: Figure 1 block by block: (name, output (C, F, T) for a 3 s input, parameters, (c_in, pool)); the
+#: linear's "shape" is its output, (50,). With the spectrogram's BatchNorm2d(1) (2), 299,892 in all.
+FIGURE1_BLOCKS = [("block 1", (64, 24, 47), 1, (4, 4)), ("block 2", (128, 8, 15), 64, (3, 3)),
+                  ("block 3", (128, 2, 5), 128, (3, 3)), ("block 4", (64, 1, 1), 128, (2, 5))]
+
+
+def _block_parameters(c_in: int, c_out: int) -> int:
+    """A Conv2d(c_in, c_out, 3) with bias and its BatchNorm2d(c_out)."""
+    return 9 * c_in * c_out + c_out + 2 * c_out
+
+
+FIGURE1_TABLE = [(name, shape, _block_parameters(c_in, shape[0])) for name, shape, c_in, _ in FIGURE1_BLOCKS] + \
+    [("linear", (50,), 64 * 50 + 50)]
+
+
+def figure1_table_cases(seed: int = 0) -> list[dict]:
+    """No input: the table is data (one empty case, whatever the seed)."""
+    return [{}]
+
+
+def judge_figure1_table(cases: list[dict], outputs: list) -> tuple[bool, str]:
+    """Row by row against :data:`FIGURE1_TABLE`: the output shape (C, F, T)
+    of each block for a 3 s input (96 x 188 mel bands x frames) and its
+    parameters; recognises a BatchNorm or a bias left out of the count."""
+    if _raised(outputs, 0):
+        return False, f"reading FIGURE1_TABLE raised {_raised(outputs, 0)}"
+    if "bad" in outputs[0]:
+        return False, (f"FIGURE1_TABLE is {outputs[0]['bad']}: make it a list of 5 rows (name, (C, F, T), "
+                       f"parameters), e.g. ('block 1', (64, 24, 47), 768)")
+    rows = _output(outputs, 0, "rows")
+    if len(rows) != len(FIGURE1_TABLE):
+        return False, f"FIGURE1_TABLE has {len(rows)} rows instead of 5: block 1 to block 4, then the linear"
+    before = (96, 188)
+    for row, (name, shape, params), block in zip(rows, FIGURE1_TABLE, FIGURE1_BLOCKS + [None]):
+        got_shape, got_params = tuple(int(s) for s in row[1]), int(row[2])
+        if got_shape != shape:
+            if block is None:
+                return False, f"the linear outputs one logit per tag: (50,), not {got_shape}"
+            c_in, pool = block[2], block[3]
+            if got_shape[:1] != shape[:1]:
+                return False, (f"{name}: its conv has {shape[0]} filters, so {shape[0]} output channels "
+                               f"(you wrote {got_shape[0]})")
+            return False, (f"{name}: the conv (padding 1) keeps {before[0]} x {before[1]}, then the {pool} max pool "
+                           f"divides and rounds down: {before[0]} becomes {shape[1]}, {before[1]} becomes {shape[2]} "
+                           f"(you wrote {got_shape[1:]})")
+        if got_params != params:
+            if block is None:
+                return False, f"the Linear(64, 50) has 64 x 50 weights and 50 biases: {params:,}, not {got_params:,}"
+            c_in, c_out = block[2], shape[0]
+            hint = f"a Conv2d({c_in}, {c_out}, 3) has 9·{c_in}·{c_out} + {c_out} parameters, plus 2·{c_out} for its BatchNorm"
+            if got_params == 9 * c_in * c_out + c_out:
+                hint = f"that is the conv alone: add 2·{c_out} for its BatchNorm2d (a scale and a shift per channel)"
+            elif got_params == 9 * c_in * c_out + 2 * c_out:
+                hint = f"the conv also has a bias per output channel: {c_out} more"
+            elif got_params == 9 * c_in * c_out:
+                hint = f"that is the conv's weights alone: add its {c_out} biases and 2·{c_out} for its BatchNorm"
+            return False, f"{name} has {params:,} parameters, not {got_params:,}: {hint}"
+        before = shape[1:]
+    total = sum(p for _, _, p in FIGURE1_TABLE) + 2
+    return True, (f"every row matches Figure 1; with the spectrogram's BatchNorm2d(1) (2 parameters) the network "
+                  f"has {total:,} parameters")
+
+
+def check_figure1_table(table: list) -> bool:
+    """Check a student's table of Figure 1 (notebook 02): rows ``(name,
+    (C, F, T), parameters)`` for the four blocks and the linear; names the
+    first row that is wrong and how to work it out."""
+    return _check("figure1_table", table)
+
+
+# --------------------------------------------------------------------------- 04: in-batch hard-negative mining
+
+def mined_triplet_loss_cases(seed: int = 0) -> list[dict]:
+    """Three batches of triplets ``(batch, 6)`` with keys that repeat (the
+    song or tag each triplet was drawn for), margin 0.4, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for b in (4, 6, 8):
+        a, p, n = (rng.standard_normal((b, 6)).astype(np.float32) for _ in range(3))
+        cases.append({"anchor": a, "positive": p, "negative": n, "keys": rng.integers(0, max(2, b // 2), b),
+                      "margin": 0.4})
+    return cases
+
+
+def _mined_variants(case: dict) -> dict[str, torch.Tensor]:
+    """The course's per-triplet loss with the hardest valid negative, and the
+    usual mistakes, each ``(batch,)``."""
+    a, p, n = (torch.from_numpy(np.asarray(case[k], dtype=np.float32)) for k in ("anchor", "positive", "negative"))
+    keys, margin = torch.from_numpy(np.asarray(case["keys"], dtype=np.int64)), float(case["margin"])
+    b = len(a)
+    close = nn.functional.cosine_similarity(a[:, None], torch.cat([a, p, n])[None], dim=2)     # (b, 3b)
+    same = keys[:, None] == keys[None, :]
+    own = torch.zeros(b, 3 * b, dtype=torch.bool)
+    own[torch.arange(b), torch.arange(b)] = own[torch.arange(b), torch.arange(b) + b] = True
+    invalid = own | torch.cat([same, same, torch.zeros_like(same)], dim=1)
+    cos_p = nn.functional.cosine_similarity(a, p, dim=1)
+    loss = lambda close_n: torch.relu(margin - cos_p + close_n)        # noqa: E731
+    return {"right": triplet_loss(a, p, n, margin, hard_negatives=1e-9, keys=keys, reduction="none"),
+            "easiest": loss(close.masked_fill(invalid, math.inf).amin(1)),
+            "no mask": loss(close.amax(1)),
+            "own only": loss(close.masked_fill(own, -math.inf).amax(1)),
+            "mean": triplet_loss(a, p, n, margin, hard_negatives=1.0, keys=keys, reduction="none"),
+            "own negative": triplet_loss(a, p, n, margin, reduction="none")}
+
+
+MINING_HINTS = {
+    "easiest": "it picks the *least* similar valid candidate, the easiest: the hardest negative is the one most "
+               "similar to the anchor (the largest cosine similarity; with a distance it would be the smallest)",
+    "no mask": "it takes the most similar of *all* candidates, the triplet's own anchor included (cosine 1): set the "
+               "invalid ones to -inf before the max",
+    "own only": "it leaves out the triplet's own anchor and positive but not those of triplets with the same key: "
+                "they share the anchor's song or tag, so they are no negatives",
+    "mean": "it averages every valid candidate (run D*): keep the hardest one only",
+    "own negative": "it uses each triplet's own negative: mine the batch instead (anchors, positives and negatives "
+                    "of every triplet are candidates)",
+}
+
+
+def judge_mined_triplet_loss(cases: list[dict], outputs: list) -> tuple[bool, str]:
+    """The course's ``triplet_loss(..., hard_negatives, keys, reduction='none')``
+    with the single hardest valid negative; recognises the usual mistakes."""
+    for i, case in enumerate(cases):
+        b = len(case["keys"])
+        if _raised(outputs, i):
+            return False, f"your function on a batch of {b} triplets raised {_raised(outputs, i)}"
+        got = torch.from_numpy(np.asarray(_output(outputs, i, "losses"), dtype=np.float32))
+        variants = _mined_variants(case)
+        want = variants["right"]
+        if tuple(got.shape) != (b,):
+            return False, f"on a batch of {b} triplets your function returns shape {tuple(got.shape)}: return ({b},)," \
+                          f" the loss of each triplet"
+        if torch.allclose(got, want, atol=1e-5):
+            continue
+        hint = next((MINING_HINTS[k] for k in MINING_HINTS if torch.allclose(got, variants[k], atol=1e-5)), "")
+        return False, (f"on a batch of {b} triplets (keys {list(map(int, case['keys']))}) your losses are "
+                       f"{np.round(got.numpy(), 3).tolist()}, the course's {np.round(want.numpy(), 3).tolist()}"
+                       + (f": {hint}" if hint else ""))
+    return True, "your mined triplet loss agrees with the course's triplet_loss on every batch"
+
+
+def check_mined_triplet_loss(fn: Callable) -> bool:
+    """Check a student's ``fn(anchor, positive, negative, keys, margin) ->
+    (batch,)`` losses with the hardest valid in-batch negative (notebook 04)."""
+    return _check("mined_triplet_loss", fn)
+
+
+# --------------------------------------------------------------------------- 05: Musicnn's front end
+
+def musicnn_front_end_cases(seed: int = 0) -> list[dict]:
+    """A ``(2, 1, 96, 40)`` log-mel batch and the weights of the course's
+    ``MusicnnFrontEnd`` (batch norms that are not the identity), from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        ours = MusicnnFrontEnd(n_mels=96)
+    for bn in (m for m in ours.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
+        for t in (bn.weight.data, bn.bias.data, bn.running_mean):
+            t.copy_(torch.randn(t.shape, generator=generator) * 0.5)
+        bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) + 0.5)
+    return [{"n_mels": 96, "x": torch.randn(2, 1, 96, 40, generator=generator).numpy(),
+             "state": {k: v.numpy().copy() for k, v in ours.state_dict().items()}}]
+
+
+def judge_musicnn_front_end(cases: list[dict], outputs: list) -> tuple[bool, str]:
+    """Branch by branch against the course's ``MusicnnFrontEnd(96)``: two
+    timbral branches (filters 67 and 38 bands high, 70 % and 40 % of 96, 7
+    frames wide, 204 channels each), three temporal ones (129, 65, 33
+    frames, 51 channels each), 561 channels in all, the time axis kept; then
+    the output with the course's weights."""
+    case = cases[0]
+    if _raised(outputs, 0) and "branches" not in outputs[0]:
+        return False, f"building or running your front end raised {_raised(outputs, 0)}"
+    ours = MusicnnFrontEnd(n_mels=int(case["n_mels"])).eval()
+    x = torch.from_numpy(np.asarray(case["x"], dtype=np.float32))
+    spans = {"timbral": ["70 %", "40 %"], "temporal": ["", "", ""]}
+    for kind, branches in (("timbral", ours.timbral), ("temporal", ours.temporal)):
+        yours = _output(outputs, 0, "branches").get(kind)
+        if yours is None:
+            return False, f"your front end has no self.{kind}: keep the skeleton's nn.ModuleList of {kind} branches"
+        if len(yours) != len(branches):
+            return False, f"your front end has {len(yours)} {kind} branches instead of {len(branches)}"
+        for k, (branch, got) in enumerate(zip(branches, yours), start=1):
+            want = list(branch.conv.weight.shape)
+            got_w = [int(s) for s in got["weight"]]
+            if got_w[:1] != want[:1]:
+                return False, f"{kind} branch {k} has {got_w[0]} channels instead of {want[0]}"
+            if kind == "timbral" and got_w[2:3] != want[2:3]:
+                return False, (f"timbral branch {k}'s filters are {got_w[2]} bands high instead of {want[2]} "
+                               f"({spans[kind][k - 1]} of the 96 mel bands, rounded down)")
+            if got_w[-1] != want[-1]:
+                what = "frames wide" if kind == "timbral" else "frames long"
+                return False, f"{kind} branch {k}'s filters are {got_w[-1]} {what} instead of {want[-1]}"
+            if [int(s) for s in got["output"]] != [len(x), want[0], x.shape[-1]]:
+                return False, (f"{kind} branch {k} outputs {tuple(got['output'])} instead of "
+                               f"{(len(x), want[0], x.shape[-1])}: pad its conv to keep the {x.shape[-1]} frames and "
+                               f"reduce the frequency axis (max for timbral, mean before the conv for temporal)")
+    shape = [int(s) for s in _output(outputs, 0, "shape")]
+    if shape != [len(x), ours.out_channels, x.shape[-1]]:
+        return False, (f"your front end outputs {tuple(shape)} instead of {(len(x), 561, x.shape[-1])}: concatenate "
+                       f"the five branches' outputs along the channels (dim 1)")
+    missing, unexpected = list(_output(outputs, 0, "missing")), list(_output(outputs, 0, "unexpected"))
+    if missing or unexpected:
+        return False, (f"your front end's weights are named differently from the course's: yours lacks {unexpected[:4]} "
+                       f"and has {missing[:4]}: build the branches with TimbralBranch and TemporalBranch")
+    ours.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in case["state"].items()})
+    with torch.no_grad():
+        want = ours(x)
+    got = torch.from_numpy(np.asarray(_output(outputs, 0, "output"), dtype=np.float32))
+    if not torch.allclose(got, want, atol=1e-4):
+        return False, (f"every branch has the course's shape, but with the course's weights your output differs by "
+                       f"up to {(got - want).abs().max().item():.3g}: the timbral branches first (70 % then 40 %), "
+                       f"then the temporal ones (129, 65, 33 frames)")
+    return True, ("your front end has the course's five branches and gives its output: 2 x 204 timbral and "
+                  "3 x 51 temporal channels, 561 in all")
+
+
+def check_musicnn_front_end(front_end_class: Callable[..., nn.Module]) -> bool:
+    """Check a student's Musicnn front end (notebook 05): built as
+    ``front_end_class(n_mels=96)``, branch by branch shapes, 561 channels,
+    and the course's output when given its weights."""
+    return _check("musicnn_front_end", front_end_class)
+
+
 CASES = {"top_k_tags": top_k_tags_cases, "cnn2d": cnn2d_cases, "residual_block": residual_block_cases,
-         "recall_at_k": recall_at_k_cases}
+         "recall_at_k": recall_at_k_cases, "figure1_table": figure1_table_cases,
+         "mined_triplet_loss": mined_triplet_loss_cases, "musicnn_front_end": musicnn_front_end_cases}
 JUDGES = {"top_k_tags": judge_top_k_tags, "cnn2d": judge_cnn2d, "residual_block": judge_residual_block,
-          "recall_at_k": judge_recall_at_k}
+          "recall_at_k": judge_recall_at_k, "figure1_table": judge_figure1_table,
+          "mined_triplet_loss": judge_mined_triplet_loss, "musicnn_front_end": judge_musicnn_front_end}

@@ -53,9 +53,13 @@ class Exercise:
 
 EXERCISES = (
     Exercise("top_k_tags", "01_cnn1d_baseline.ipynb", "nb01-27", "top_k_tags"),
+    Exercise("figure1_table", "02_cnn2d.ipynb", "nb02-ex-table", "FIGURE1_TABLE"),
     Exercise("cnn2d", "02_cnn2d.ipynb", "nb02-07", "Figure1CNN", "lambda: {}(n_tags=50)", TORCH),
     Exercise("residual_block", "03_tuning.ipynb", "nb03-07", "ResidualBlock", imports=TORCH),
     Exercise("recall_at_k", "04_metric_learning.ipynb", "nb04-13", "my_recall_at_k", setup=("nb04-11",)),
+    Exercise("mined_triplet_loss", "04_metric_learning.ipynb", "nb04-ex-mining", "mined_triplet_loss", imports=TORCH),
+    Exercise("musicnn_front_end", "05_sota_backbones.ipynb", "nb05-ex-frontend", "MyMusicnnFrontEnd",
+             imports=TORCH),
 )
 
 

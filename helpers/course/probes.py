@@ -164,8 +164,75 @@ def probe_cnn2d(make_model, cases: list[dict]) -> list[dict]:
     return out
 
 
+
+def probe_figure1_table(table, cases: list[dict]) -> list[dict]:
+    """The rows of ``table`` as ``{"rows": [[name, [C, F, T], parameters], ...]}``,
+    or ``{"bad": repr}`` when it is not a list of (name, shape, number) rows."""
+    try:
+        rows = [[str(name), [int(s) for s in shape], int(params)] for name, shape, params in table]
+    except Exception:  # noqa: BLE001 - anything else than rows
+        return [{"bad": repr(table)[:200]}]
+    return [{"rows": rows}]
+
+
+def probe_mined_triplet_loss(fn, cases: list[dict]) -> list[dict]:
+    """``fn(anchor, positive, negative, keys, margin)`` on each case's tensors
+    ``(batch, dim)`` and keys ``(batch,)``: ``{"losses" (batch,)}`` or ``{"raised"}``."""
+    import torch
+
+    out = []
+    for case in cases:
+        try:
+            a, p, n = (torch.from_numpy(np.asarray(case[k], dtype=np.float32)) for k in ("anchor", "positive",
+                                                                                        "negative"))
+            keys = torch.from_numpy(np.asarray(case["keys"], dtype=np.int64))
+            with torch.no_grad():
+                out.append({"losses": torch.as_tensor(fn(a, p, n, keys, float(case["margin"]))).reshape(-1)})
+        except Exception as e:  # noqa: BLE001
+            out.append({"raised": _raised(e)})
+            break
+    return out
+
+
+def probe_musicnn_front_end(front_end_class, cases: list[dict]) -> list[dict]:
+    """Build ``front_end_class(n_mels=...)`` and run it in eval mode on the
+    case's ``x`` ``(batch, 1, n_mels, time)``: for each branch of its
+    ``timbral`` and ``temporal`` lists, its first convolution's weight shape
+    and its output shape; the whole output's shape; then, with the case's
+    ``state`` loaded (not strictly), ``missing``, ``unexpected`` and the
+    ``output`` ``(batch, channels, time)``."""
+    import torch
+    from torch import nn
+
+    case = cases[0]
+    try:
+        model = front_end_class(n_mels=int(case["n_mels"])).eval()
+        x = torch.from_numpy(np.asarray(case["x"], dtype=np.float32))
+        branches = {}
+        with torch.no_grad():
+            for kind in ("timbral", "temporal"):
+                if hasattr(model, kind):
+                    convs = [[m for m in branch.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+                             for branch in getattr(model, kind)]
+                    branches[kind] = [{"weight": list(c[0].weight.shape) if c else [], "output": list(b(x).shape)}
+                                      for b, c in zip(getattr(model, kind), convs)]
+            result = {"branches": branches, "shape": list(model(x).shape)}
+            state = {k: torch.from_numpy(np.asarray(v)) for k, v in case["state"].items()}
+            try:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+            except RuntimeError as e:                  # a weight of another shape
+                missing, unexpected = [str(e).splitlines()[-1][:200]], []
+            result.update(missing=list(missing), unexpected=list(unexpected))
+            if not missing and not unexpected:
+                result["output"] = model(x)
+    except Exception as e:  # noqa: BLE001
+        return [{"raised": _raised(e)}]
+    return [result]
+
+
 PROBES = {"top_k_tags": probe_top_k_tags, "recall_at_k": probe_recall_at_k,
-          "residual_block": probe_residual_block, "cnn2d": probe_cnn2d}
+          "residual_block": probe_residual_block, "cnn2d": probe_cnn2d, "figure1_table": probe_figure1_table,
+          "mined_triplet_loss": probe_mined_triplet_loss, "musicnn_front_end": probe_musicnn_front_end}
 
 
 def run(name: str, answer, cases_json: str, nonce: str) -> str:
