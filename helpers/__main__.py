@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .audio import AudioLoadError  # noqa: E402
 from .config import DATASETS, PROFILES, checkpoint_path, choose_device, choose_fast_paths, data_root, runs_folder  # noqa: E402
-from .course.grading import MarkerError, grade, write_student_version  # noqa: E402
+from .course.grading import GradingError, MarkerError, grade, write_student_version  # noqa: E402
 from .course.run import run_notebooks  # noqa: E402
 from .course.setup import open_dataset  # noqa: E402
 from .data import SPLITS, DatasetNotReadyError, TaggedAudio  # noqa: E402
@@ -137,7 +137,12 @@ def _student(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    rows = grade([Path(p) for p in args.submissions], Path(args.out), args.timeout, Path(args.solutions))
+    try:
+        rows = grade([Path(p) for p in args.submissions], Path(args.out), args.timeout, Path(args.solutions),
+                     whole_notebook=not args.exercises_only)
+    except GradingError as e:
+        print(f"error: {e}; the rows so far are in {args.out}", file=sys.stderr)
+        return 1
     for r in rows:
         checks = ", ".join(f"{k[6:]} {v}" for k, v in r.items() if k.startswith("check_"))
         print(f"{r['submission']}: {r['status']}" + (f" ({checks})" if checks else ""))
@@ -322,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     grade_parser.add_argument("--out", default="grades.csv", help="CSV file, one row per submission (default grades.csv)")
     grade_parser.add_argument("--timeout", type=int, default=600, help="time limit per cell in seconds (default 600)")
     grade_parser.add_argument("--solutions", default="notebooks",
-                              help="solution notebooks, to know which checks each notebook must pass")
+                              help="the course's solution notebooks (their set-up cells run before each exercise)")
+    grade_parser.add_argument("--exercises-only", action="store_true",
+                              help="grade the exercises only, without running each whole notebook")
     grade_parser.set_defaults(func=_grade)
     train = sub.add_parser("train", help="train one model with a named recipe and save it as a checkpoint")
     train.add_argument("model", choices=MODEL_NAMES, help="the model to train")

@@ -24,11 +24,11 @@ def top_k_right(probs, tags, k):
     return [(tags[i], float(probs[i])) for i in order]
 
 
-def test_top_k_check_passes_on_a_correct_answer_and_writes_the_verdict_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CHECKS_FILE", str(tmp_path / "checks.jsonl"))
+def test_top_k_check_passes_on_a_correct_answer_and_writes_no_verdict_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CHECKS_FILE", str(tmp_path / "checks.jsonl"))   # the old grader's channel: gone
     ok, text = verdict(check_top_k_tags, top_k_right)
     assert ok and text.startswith("PASSED")
-    assert '"check": "top_k_tags", "passed": true' in (tmp_path / "checks.jsonl").read_text()
+    assert not (tmp_path / "checks.jsonl").exists()
 
 
 EXPECTED = "expected [('quiet', 0.9), ('piano', 0.7)]"     # the notebook's example, k = 2
@@ -107,3 +107,107 @@ def test_residual_block_check_names_layers_that_differ():
 
     ok, text = verdict(check_residual_block, Renamed)
     assert not ok and "lacks ['conv1.weight', 'conv1.bias'] and has ['first.weight', 'first.bias']" in text
+
+
+# --------------------------------------------------------------------------- notebook 03: __init__ too
+
+class Projection(Block):
+    """The skeleton's block with another shortcut when the channels change."""
+
+    SHORTCUT = "none"
+
+    def __init__(self, c_in, c_out, pool):
+        super().__init__(c_in, c_out, pool)
+        if c_in != c_out:
+            self.shortcut = {"none": nn.Identity(),
+                             "3x3": nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out)),
+                             "no bn": nn.Sequential(nn.Conv2d(c_in, c_out, 1))}[self.SHORTCUT]
+
+
+@pytest.mark.parametrize("shortcut, expected_words", [
+    ("none", "no projection shortcut"), ("3x3", "the projection is a 1x1 convolution"), ("no bn", "no batch norm"),
+])
+def test_residual_block_check_explains_a_wrong_projection(monkeypatch, shortcut, expected_words):
+    monkeypatch.setattr(Projection, "SHORTCUT", shortcut)
+    ok, text = verdict(check_residual_block, Projection)
+    assert not ok and expected_words in text, text
+
+
+# --------------------------------------------------------------------------- notebook 02: the table of Figure 1
+
+def test_figure1_table_matches_the_course_model_and_explains_two_mistakes():
+    from helpers.course.checks import FIGURE1_PARAMETERS, FIGURE1_SHAPES, FIGURE1_TABLE, check_figure1_table
+    from helpers.models import build_model, count_parameters
+
+    assert [shape for _, shape, _ in FIGURE1_TABLE[:4]] == FIGURE1_SHAPES
+    assert sum(p for _, _, p in FIGURE1_TABLE) + 2 == FIGURE1_PARAMETERS == count_parameters(build_model("cnn2d"))
+    ok, text = verdict(check_figure1_table, FIGURE1_TABLE)
+    assert ok and "299,892" in text
+    no_pool = [row if row[0] != "block 2" else ("block 2", (128, 24, 47), row[2]) for row in FIGURE1_TABLE]
+    ok, text = verdict(check_figure1_table, no_pool)
+    assert not ok and "block 2" in text and "24 becomes 8" in text, text
+    no_bn = [row if row[0] != "block 3" else ("block 3", row[1], 9 * 128 * 128 + 128) for row in FIGURE1_TABLE]
+    ok, text = verdict(check_figure1_table, no_bn)
+    assert not ok and "add 2·128 for its BatchNorm2d" in text, text
+    ok, text = verdict(check_figure1_table, "I did not do it")
+    assert not ok and "list of 5 rows" in text
+
+
+# --------------------------------------------------------------------------- notebook 04: hard-negative mining
+
+def mined(anchor, positive, negative, keys, margin, mistake=""):
+    """A student's answer: the hardest valid in-batch negative (cosine), or a usual mistake."""
+    import torch
+
+    b = len(anchor)
+    close = torch.nn.functional.cosine_similarity(anchor[:, None], torch.cat([anchor, positive, negative])[None], 2)
+    invalid = torch.zeros_like(close, dtype=torch.bool)
+    same = keys[:, None] == keys[None, :]
+    if mistake != "own only":
+        invalid[:, :2 * b] = torch.cat([same, same], 1)
+    invalid[torch.arange(b), torch.arange(b)] = invalid[torch.arange(b), torch.arange(b) + b] = True
+    if mistake == "easiest":
+        hardest = close.masked_fill(invalid, 2.0).amin(1)
+    else:
+        hardest = close.masked_fill(invalid, -2.0).amax(1)
+    return torch.relu(margin - torch.nn.functional.cosine_similarity(anchor, positive) + hardest)
+
+
+@pytest.mark.parametrize("mistake, expected_words", [
+    ("", "PASSED"), ("easiest", "the easiest"), ("own only", "same key"),
+])
+def test_mined_triplet_loss_check(mistake, expected_words):
+    from helpers.course.checks import check_mined_triplet_loss
+
+    ok, text = verdict(check_mined_triplet_loss, lambda *args: mined(*args, mistake=mistake))
+    assert ok == (mistake == "") and expected_words in text, text
+
+
+# --------------------------------------------------------------------------- notebook 05: Musicnn's front end
+
+def front_end(spans=(0.7, 0.4), lengths=(129, 65, 33), channels=204):
+    from helpers.models import TemporalBranch, TimbralBranch
+
+    class FrontEnd(nn.Module):
+        def __init__(self, n_mels=96):
+            super().__init__()
+            self.timbral = nn.ModuleList(TimbralBranch(channels, int(s * n_mels), 7) for s in spans)
+            self.temporal = nn.ModuleList(TemporalBranch(51, n) for n in lengths)
+
+        def forward(self, x):
+            import torch
+            return torch.cat([b(x) for b in (*self.timbral, *self.temporal)], dim=1)
+    return FrontEnd
+
+
+@pytest.mark.parametrize("kwargs, expected_words", [
+    ({}, "561 in all"),
+    ({"spans": (0.9, 0.4)}, "timbral branch 1's filters are 86 bands high instead of 67"),
+    ({"lengths": (129, 65)}, "2 temporal branches instead of 3"),
+    ({"channels": 128}, "timbral branch 1 has 128 channels instead of 204"),
+])
+def test_musicnn_front_end_check(kwargs, expected_words):
+    from helpers.course.checks import check_musicnn_front_end
+
+    ok, text = verdict(check_musicnn_front_end, front_end(**kwargs))
+    assert ok == (not kwargs) and expected_words in text, text

@@ -4,34 +4,32 @@ Exercise cells hold their solution between ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` lines. :func:`student_notebook` replaces each such block
 by ``# YOUR CODE HERE`` and ``raise NotImplementedError`` (at the block's
 indentation) and clears the outputs of the exercise cells and of every cell
-after the first exercise. :func:`grade` executes submitted notebooks in the
-``ci`` profile in a fresh kernel, collects the verdicts of the
-:mod:`helpers.course.checks` self-check cells and the metrics the notebook recorded,
-and writes one CSV row per submission.
+after the first exercise. :func:`grade` runs each submitted notebook in the
+``ci`` profile in a throwaway workspace with limits
+(:mod:`helpers.course.sandbox`), for its status and recorded metrics, grades
+each exercise in a clean kernel of its own (:mod:`helpers.course.exercises`:
+the submission's check cells and files are never trusted), and writes one CSV
+row per submission.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import json
-import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-from ..config import REPO, tqdm
-from .run import LocalKernelManager
+from ..config import REPO, data_root, tqdm
+from .exercises import applicable, grade_exercise
+from .sandbox import Kernel, Limits, changed, fingerprint, workspace
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_STUB = ("# YOUR CODE HERE", "raise NotImplementedError")
 COURSE_NOTEBOOKS = REPO / "notebooks"
-CHECK_CALL = re.compile(r"\bcheck_(\w+)\s*\(")
 
 
 class MarkerError(ValueError):
@@ -97,27 +95,72 @@ def write_student_version(notebooks: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def expected_checks(nb: nbformat.NotebookNode) -> list[str]:
-    """Names of the checks a notebook calls (``check_cnn2d(...)`` -> ``cnn2d``)."""
-    names: list[str] = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            for m in CHECK_CALL.finditer(cell.source):
-                if m.group(1) not in names:
-                    names.append(m.group(1))
-    return names
-
-
 GRADE_FIELDS = ("submission", "status", "seconds")
+METRICS = ("roc_auc", "pr_auc", "R@1", "R@8")
 
 
-def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run_dir: Path | None = None) -> dict:
-    """Execute one submission and return its row: ``status`` (``ok``,
-    ``error``, ``timeout`` or ``not a notebook``), one column per check
-    (``passed`` / ``failed`` / ``error`` when it never ran), the metrics the
-    notebook recorded and, for an error, the first line of its message.
-    The notebook runs in ``run_dir`` (default: the course's notebooks folder,
-    so that its setup cell finds ``helpers`` wherever the file was saved)."""
+class GradingError(RuntimeError):
+    """A submission changed the course's files: the grades after it cannot be trusted."""
+
+
+def run_notebook(nb: nbformat.NotebookNode, course: Path, dataset: Path | None, limits: Limits) -> dict:
+    """Run every code cell of ``nb`` in a throwaway workspace (a copy of the
+    course's ``helpers`` and of ``dataset``); stop at the first failure.
+    Returns ``status`` (``ok``, ``error``, ``timeout``, ``memory``), the
+    one-line ``error`` and the metrics the notebook recorded."""
+    row: dict = {"status": "ok"}
+    with tempfile.TemporaryDirectory(prefix="course-submission-") as tmp:
+        paths = workspace(Path(tmp), course, dataset)
+        try:
+            with Kernel(paths, limits) as kernel:
+                for i, cell in enumerate(nb.cells):
+                    if cell.cell_type != "code" or not cell.source.strip():
+                        continue
+                    done = kernel.execute(cell.source)
+                    if done.status != "ok":
+                        status = done.status if done.status in ("timeout", "memory") else "error"
+                        row.update(status=status, error=f"cell {i} (id {cell.get('id', '?')}): {done.error}")
+                        break
+        except RuntimeError as e:                  # the kernel never started
+            row.update(status="error", error=f"the kernel did not start: {e}"[:200])
+        row.update(_metrics(Path(tmp) / "results.jsonl"))
+    return row
+
+
+def _metrics(path: Path) -> dict:
+    """The metrics of a results file, ``{model_metric: number}``, ignoring
+    any line that is not a result."""
+    found: dict = {}
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[:1000] if path.is_file() else []
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or not isinstance(r.get("model"), str):
+            continue
+        for key in METRICS:
+            if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool):
+                found[f"{r['model'][:60]}_{key}"] = r[key]
+    return found
+
+
+def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, limits: Limits | None = None,
+              dataset: Path | None = None, course: Path = REPO, whole_notebook: bool = True) -> dict:
+    """Grade one submission and return its row: ``status`` of the whole
+    notebook's run (``ok``, ``error``, ``timeout``, ``memory``, ``not a
+    notebook``) and its ``error`` line, one ``check_<name>`` column per
+    exercise (``passed``, ``failed``, ``tampered``, ``error``, each graded in a
+    clean kernel of its own, see :mod:`helpers.course.exercises`) with the
+    reasons in ``notes``, and the metrics the notebook recorded.
+    ``solutions``: the course's solution notebooks (default ``notebooks/``);
+    ``dataset``: the dataset folder copied for the run (default: the
+    synthetic set); ``whole_notebook=False`` grades the exercises only."""
+    limits = limits or Limits(timeout=timeout)
+    solutions = solutions or COURSE_NOTEBOOKS
     row: dict = {"submission": str(path), "status": "", "seconds": 0.0}
     try:
         nb = nbformat.read(path, as_version=4)
@@ -125,61 +168,48 @@ def grade_one(path: Path, timeout: int = 600, solutions: Path | None = None, run
     except Exception as e:  # noqa: BLE001 - any unreadable file is "not a notebook"
         row.update(status="not a notebook", error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
         return row
-    checks = expected_checks(nb)
-    if solutions and (solutions / path.name).exists():
-        checks = expected_checks(nbformat.read(solutions / path.name, as_version=4)) or checks
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        checks_file, results_file = Path(tmp) / "checks.jsonl", Path(tmp) / "results.jsonl"
-        saved = {k: os.environ.get(k) for k in ("COURSE_PROFILE", "COURSE_CHECKS_FILE", "COURSE_RESULTS")}
-        os.environ.update(COURSE_PROFILE="ci", COURSE_CHECKS_FILE=str(checks_file),
-                          COURSE_RESULTS=str(results_file))
+    if whole_notebook:
+        row.update(run_notebook(nb, course, dataset if dataset is not None else data_root("synthetic"), limits))
+    else:
+        row["status"] = "not run"
+    notes = []
+    for ex in applicable(nb, path.name):
         try:
-            NotebookClient(nb, kernel_manager_class=LocalKernelManager, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(run_dir or COURSE_NOTEBOOKS)}}).execute()
-            row["status"] = "ok"
-        except CellTimeoutError:
-            row.update(status="timeout", error=f"a cell ran longer than {timeout} s")
-        except CellExecutionError as e:
-            row.update(status="error", error=_first_error_line(e))
-        except Exception as e:  # noqa: BLE001 - a kernel that dies, a bad kernel spec...
-            row.update(status="error", error=f"{type(e).__name__}: {e}"[:200])
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        verdicts = [json.loads(line) for line in checks_file.read_text().splitlines()] if checks_file.exists() else []
-        results = [json.loads(line) for line in results_file.read_text().splitlines()] if results_file.exists() else []
+            verdict, reason = grade_exercise(ex, nb, solutions, course, limits)
+        except RuntimeError as e:                  # the kernel never started
+            verdict, reason = "error", f"the kernel did not start: {e}"[:200]
+        row[f"check_{ex.name}"] = verdict
+        if verdict != "passed":
+            notes.append(f"{ex.name}: {reason}")
+    row["notes"] = " | ".join(notes)
     row["seconds"] = round(time.perf_counter() - start, 1)
-    for name in checks:
-        row[f"check_{name}"] = "error"
-    for v in verdicts:
-        row[f"check_{v['check']}"] = "passed" if v["passed"] else "failed"
-    for r in results:
-        for key in ("roc_auc", "pr_auc", "R@1", "R@8"):
-            if key in r:
-                row[f"{r['model']}_{key}"] = r[key]
     return row
 
 
-def _first_error_line(e: Exception) -> str:
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if re.match(r"^\w*(Error|Exception|Interrupt)\b", ln.strip()):
-            return ln.strip()[:200]
-    return (lines[-1] if lines else type(e).__name__)[:200]
-
-
 def grade(paths: Sequence[Path], out_csv: Path, timeout: int = 600, solutions: Path | None = None,
-          run_dir: Path | None = None) -> list[dict]:
-    """Grade every submission (a notebook, or every ``*.ipynb`` in a folder and
-    any other file given) into ``out_csv``; never stops on a broken one."""
+          limits: Limits | None = None, dataset: Path | None = None, whole_notebook: bool = True) -> list[dict]:
+    """Grade every submission (a notebook, or every file in a folder) into
+    ``out_csv``; never stops on a broken one. Before and after each, the
+    course's files (``helpers``, the solution notebooks, the dataset) are
+    fingerprinted: a submission that changed them is marked ``tampered`` and
+    grading stops with :class:`GradingError` (the CSV holds the rows so far)."""
     files: list[Path] = []
     for p in paths:
         files.extend(sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else [p])
-    rows = [grade_one(f, timeout, solutions, run_dir) for f in tqdm(files, desc="grading", unit="notebook")]
+    solutions = solutions or COURSE_NOTEBOOKS
+    dataset = dataset if dataset is not None else data_root("synthetic")
+    watched = [REPO / "helpers", solutions] + ([dataset] if dataset.is_dir() else [])
+    rows, stopped = [], None
+    for f in tqdm(files, desc="grading", unit="notebook"):
+        before = fingerprint(watched)
+        rows.append(grade_one(f, timeout, solutions, limits, dataset, whole_notebook=whole_notebook))
+        touched = changed(before, fingerprint(watched))
+        if touched:
+            rows[-1].update(status="tampered", error=f"changed the course's files: {', '.join(touched[:3])}")
+            stopped = GradingError(f"{f} changed the course's files ({', '.join(touched[:3])}): restore them "
+                                   f"(git checkout, or prepare the dataset again) and grade the rest again")
+            break
     fields = list(GRADE_FIELDS)
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -188,4 +218,6 @@ def grade(paths: Sequence[Path], out_csv: Path, timeout: int = 600, solutions: P
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
+    if stopped:
+        raise stopped
     return rows
