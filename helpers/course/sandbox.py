@@ -178,6 +178,22 @@ class Kernel:
     def alive(self) -> bool:
         return self.manager.is_alive()
 
+    def _next_message(self, get, deadline: float, timeout: float) -> dict | Execution:
+        """The next message from ``get`` (the kernel's iopub or shell channel), or
+        the :class:`Execution` that ends the wait: past ``deadline``, a dead
+        kernel, a malformed message."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return Execution("timeout", f"ran longer than {timeout:g} s")
+            try:
+                return get(timeout=min(left, 1.0))
+            except queue.Empty:
+                if not self.alive():
+                    return self._died()
+            except Exception as e:  # noqa: BLE001 - a kernel whose messaging the submission broke
+                return Execution("broken", f"the kernel sent a malformed message ({type(e).__name__})")
+
     def execute(self, code: str, user_expressions: dict | None = None, timeout: float | None = None) -> Execution:
         """Run ``code``; wait at most ``timeout`` (default: the limits')
         seconds; count its output against the cap."""
@@ -187,17 +203,9 @@ class Kernel:
                                      user_expressions=user_expressions or {}, stop_on_error=True)
         result = Execution("ok")
         while True:                                   # the outputs, until the kernel is idle again
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return Execution("timeout", f"ran longer than {timeout:g} s")
-            try:
-                msg = self.client.get_iopub_msg(timeout=min(left, 1.0))
-            except queue.Empty:
-                if not self.alive():
-                    return self._died()
-                continue
-            except Exception as e:  # noqa: BLE001 - a kernel whose messaging the submission broke
-                return Execution("broken", f"the kernel sent a malformed message ({type(e).__name__})")
+            msg = self._next_message(self.client.get_iopub_msg, deadline, timeout)
+            if isinstance(msg, Execution):
+                return msg
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -210,17 +218,9 @@ class Kernel:
             elif kind == "status" and content.get("execution_state") == "idle":
                 break
         while True:                                   # the reply
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return Execution("timeout", f"ran longer than {timeout:g} s")
-            try:
-                reply = self.client.get_shell_msg(timeout=min(left, 1.0))
-            except queue.Empty:
-                if not self.alive():
-                    return self._died()
-                continue
-            except Exception as e:  # noqa: BLE001 - a kernel whose messaging the submission broke
-                return Execution("broken", f"the kernel sent a malformed message ({type(e).__name__})")
+            reply = self._next_message(self.client.get_shell_msg, deadline, timeout)
+            if isinstance(reply, Execution):
+                return reply
             if reply["parent_header"].get("msg_id") == msg_id:
                 result.reply = reply["content"]
                 if reply["content"].get("status") == "error" and result.status == "ok":
