@@ -63,8 +63,30 @@ def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 1) ->
     return float(np.median(times))
 
 
+def interleaved_seconds(calls: dict[str, Callable[[], object]], repeats: int, min_seconds: float = 0.25) -> dict:
+    """Median seconds of one call of each of ``calls``, timed in turn
+    (round-robin: each repeat times every variant once, so that a change of
+    clock speed or load in the middle of the run touches all of them alike).
+    A call faster than ``min_seconds`` is timed over as many calls as reach it."""
+    loops = {}
+    for name, call in calls.items():
+        call()                                                # warm-up: first-call allocations, oneDNN kernels
+        start = time.perf_counter()
+        call()
+        loops[name] = max(1, round(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                call()
+            times[name].append((time.perf_counter() - start) / loops[name])
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def matmul_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of an (n, n) @ (n, n) matrix product in ``dtype``."""
+    """GFLOP/s of an (n, n) @ (n, n) matrix product in ``dtype`` (an emulated
+    bfloat16 runs at well under 1 GFLOP/s: pass a small ``n`` there)."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     return 2 * n ** 3 / median_seconds(lambda: a @ b, repeats) / 1e9
 
@@ -114,14 +136,14 @@ def bench_models(width: str, repeats: int, fp32_rate: float) -> list[list]:
         w = CPU_WIDTHS.get(name) if width == "cpu" else None
         label = name + (f" (width 1/{round(1 / w)})" if w else "")
         for what, batch in (("train", 16), ("eval", 64)):
-            seconds, flops = {}, 0
+            runs = {}
             for variant, recipe in variants.items():
                 step = Step(name, w, batch, recipe)
                 if what == "eval":
                     step.model.eval()
-                run = step if what == "train" else step.evaluate
-                flops = flops or counted_flops(run)              # of the bare float32 step
-                seconds[variant] = median_seconds(run, repeats)
+                runs[variant] = step if what == "train" else step.evaluate
+            flops = counted_flops(runs["bare"])                  # of the bare float32 step
+            seconds = interleaved_seconds(runs, repeats)
             t_bare, t_course = seconds["bare"], seconds["course"]
             rows.append([label, what, batch, f"{batch / t_bare:.1f}", f"{batch / t_course:.1f}",
                          f"{t_bare / t_course:.2f}", f"{t_bare / seconds['autocast only']:.2f}",
@@ -173,9 +195,10 @@ def main() -> None:
     recipe = train.HOMEWORK_RECIPE.for_profile("cpu")
     print(f"the course's fast paths here: autocast {train.amp_dtype('cpu', recipe.amp) or 'off (float32)'}, "
           f"channels-last 2D convolutions: {recipe.channels_last}")
-    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
-    print(f"matrix multiply (2048 x 2048): float32 {fp32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s "
-          f"({bf16 / fp32:.2f} x)\n")
+    bf16_size = 2048 if native else 512                # emulated: a 2048 product would take a minute
+    fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, bf16_size, repeats=2)
+    print(f"matrix multiply: float32 {fp32:.0f} GFLOP/s (2048 x 2048), bfloat16 {bf16:.3g} GFLOP/s "
+          f"({bf16_size} x {bf16_size}; {bf16 / fp32:.2g} x)\n")
     rows = bench_models(args.width, args.repeats, fp32)
     print()
     print(format_table(MODEL_HEADER, rows, "ll" + "r" * 9))
