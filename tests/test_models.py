@@ -330,3 +330,71 @@ def test_crnn_reads_long_inputs_as_a_sequence():
     assert build_model("crnn", n_tags=5).input_samples == 48000
     with pytest.raises(ValueError, match="at least"):
         build_model("crnn", n_tags=5, input_samples=16000)
+
+
+def _random_statistics(module: nn.Module, seed: int) -> None:
+    """Batch norms with running statistics and weights of both signs (some exactly zero)."""
+    g = torch.Generator().manual_seed(seed)
+    for bn in module.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g))
+            bn.running_var.copy_(torch.rand(n, generator=g) + 0.1)
+            bn.weight.data.copy_(torch.randn(n, generator=g))
+            bn.weight.data[::7] = 0.0
+            bn.bias.data.copy_(torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_musicnn_filters_normalise_only_their_maxima_in_evaluation(seed):
+    """max_after_bn pools before batch norm and ReLU in evaluation: the same
+    numbers as normalising every value and then pooling (negative weights
+    take the minimum), in training the plain computation."""
+    from torch.nn import functional as F
+
+    from helpers.models import TimbralBranch
+    from helpers.models.pons import TemporalFilters, TimbralFilters
+    torch.manual_seed(seed)
+    x = torch.randn(3, 1, 96, 40)
+    course = TimbralBranch(8, 38)
+    _random_statistics(course, seed)
+    pons_timbral, pons_temporal = TimbralFilters(8, 38), TemporalFilters(6, 16)
+    for block in (pons_timbral, pons_temporal):
+        _random_statistics(block, seed + 10)
+    x_tf = x.transpose(2, 3)                                        # (batch, 1, T, 96): Pons's layout
+    naive = {
+        "course": lambda: course.relu(course.bn(course.conv(x))).amax(dim=2),
+        "pons timbral": lambda: pons_timbral.filters(F.pad(x_tf, (0, 0, 3, 3))).amax(dim=3),
+        "pons temporal": lambda: pons_temporal.filters(F.pad(x_tf, (0, 0, *pons_temporal.padding))).amax(dim=3),
+    }
+    fast = {"course": lambda: course(x), "pons timbral": lambda: pons_timbral(x_tf),
+            "pons temporal": lambda: pons_temporal(x_tf)}
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            for block in (course, pons_timbral, pons_temporal):
+                block.train(mode == "train")
+            for name in naive:
+                expected, got = naive[name](), fast[name]()
+                assert got.shape == expected.shape, name
+                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=f"{name} in {mode}")
+
+
+def test_pons_musicnn_evaluation_is_unchanged_by_pooling_first():
+    """The whole published architecture, random weights and statistics: its
+    logits equal those of the plain computation."""
+    from helpers.models import blocks
+    torch.manual_seed(0)
+    model = build_model("musicnn_pons", n_tags=50).eval()
+    _random_statistics(model, 3)
+    x = torch.randn(2, model.input_samples)
+    with torch.no_grad():
+        fast = model(x)
+        plain = blocks.max_after_bn
+        try:
+            blocks.max_after_bn = lambda h, bn, layers, dim: layers(h).amax(dim=dim)
+            import helpers.models.pons as pons
+            pons.max_after_bn = blocks.max_after_bn
+            slow = model(x)
+        finally:
+            blocks.max_after_bn = pons.max_after_bn = plain
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

@@ -12,7 +12,7 @@ end, ``embed``) and :class:`Classifier` (a tagger: ``linear(dropout(embed))``).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from ..config import SAMPLE_RATE
 
 __all__ = ["THREE_SECONDS", "SHORT_CHUNK", "Conv1dBlock", "Conv2dBlock", "ResBlock2d", "GlobalPool",
            "TimbralBranch", "TemporalBranch", "MusicnnFrontEnd", "SpectrogramModel", "Classifier",
-           "scaled_channels", "min_frames"]
+           "scaled_channels", "min_frames", "max_after_bn"]
 
 #: Samples in a 3 s training crop at 16 kHz (the homework's models).
 THREE_SECONDS = 3 * SAMPLE_RATE
@@ -31,6 +31,30 @@ SHORT_CHUNK = 59049
 
 
 # --------------------------------------------------------------------------- blocks
+
+def max_after_bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, layers: Callable[[torch.Tensor], torch.Tensor],
+                 dim: int) -> torch.Tensor:
+    """``layers(x).amax(dim)``, where ``layers`` is the batch norm ``bn`` and a
+    ReLU in either order (musicnn's filters, then their maximum over frequency).
+
+    In training, batch norm needs the statistics of all of ``x``. In
+    evaluation it is, per channel, the map ``x * scale + shift`` with a scale
+    of the sign of the channel's weight, and ReLU never decreases: ``layers``
+    is monotone per channel, so it commutes with the maximum, ``max layers(x)
+    = layers(max x)`` on channels of weight >= 0 and ``layers(min x)`` on the
+    others. Pooling first gives the same numbers (up to rounding) with
+    ``x.shape[dim]`` times fewer values to normalise: 96 or 59 times for
+    musicnn's front end, where normalising took 35 % of the evaluation time.
+    ``x``: ``(batch, channels, ...)``; returns it without ``dim``.
+    """
+    if bn.training or bn.running_var is None:            # batch statistics: every value counts
+        return layers(x).amax(dim=dim)
+    pooled = x.amax(dim=dim, keepdim=True)
+    if bn.weight is not None and bool((bn.weight < 0).any()):
+        decreasing = (bn.weight < 0).view(-1, *([1] * (x.dim() - 2)))
+        pooled = torch.where(decreasing, x.amin(dim=dim, keepdim=True), pooled)
+    return layers(pooled).squeeze(dim)
+
 
 class Conv1dBlock(nn.Sequential):
     """``Conv1d -> BatchNorm1d -> ReLU [-> MaxPool1d(pool)]``.
@@ -143,7 +167,7 @@ class TimbralBranch(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.bn(self.conv(x))).amax(dim=2)
+        return max_after_bn(self.conv(x), self.bn, lambda h: self.relu(self.bn(h)), dim=2)
 
 
 class TemporalBranch(nn.Module):

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from ..audio import LogMelSpectrogram
 from ..config import SAMPLE_RATE
-from .blocks import Classifier
+from .blocks import Classifier, max_after_bn
 
 __all__ = ["PATCH_FRAMES", "PATCH_SAMPLES", "tf_same_padding", "musicnn_front_end", "ReluBatchNorm2d",
            "TimbralFilters", "TemporalFilters", "MidEndLayer", "PonsModel", "PonsMusicnn", "PonsVGG"]
@@ -56,6 +56,10 @@ class ReluBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(F.relu(self.conv(x)))
 
+    def max_over(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """``self(x).amax(dim)``, normalising only the maxima in evaluation (:func:`~.blocks.max_after_bn`)."""
+        return max_after_bn(self.conv(x), self.bn, lambda h: self.bn(F.relu(h)), dim)
+
 
 class TimbralFilters(nn.Module):
     """A timbral branch of musicnn: ``channels`` filters of 7 frames x
@@ -68,7 +72,7 @@ class TimbralFilters(nn.Module):
         self.filters = ReluBatchNorm2d(1, channels, (7, span))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.filters(F.pad(x, (0, 0, 3, 3))).amax(dim=3)
+        return self.filters.max_over(F.pad(x, (0, 0, 3, 3)), dim=3)
 
 
 class TemporalFilters(nn.Module):
@@ -82,7 +86,7 @@ class TemporalFilters(nn.Module):
         self.filters = ReluBatchNorm2d(1, channels, (length, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.filters(F.pad(x, (0, 0, *self.padding))).amax(dim=3)
+        return self.filters.max_over(F.pad(x, (0, 0, *self.padding)), dim=3)
 
 
 class MidEndLayer(nn.Module):
