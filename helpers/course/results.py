@@ -191,7 +191,8 @@ def course_table(rows: list[dict] | None = None) -> str:
         table.append(cells)
     legend = ["", "ROC-AUC, PR-AUC: macro averages over tags on this run's test split, [95 % interval] from 1,000 "
                   "bootstrap resamples of the test songs; R@K: multi-label "
-                  "Recall@K of the test clips' embeddings (cosine), neighbours from the query's own song left out: the "
+                  "Recall@K of the test clips' embeddings (cosine similarity, or the Euclidean distance of an embedder whose "
+                  "label says so), neighbours from the query's own song left out: the "
                   "trained embedding of an embedder, the penultimate layer of a tagger (measured in notebook 05 only). "
                   "baseline: notebook 01's prior-only predictor and logistic regression on log-mel band statistics. train clips/s: measured while training "
                   "(3 clips per triplet for embedders), on this run's hardware.",
