@@ -32,7 +32,7 @@ run: data
 test: data
 	rm -rf output/ci
 	COURSE_PROFILE=ci COURSE_RESULTS=$(CURDIR)/output/ci/results.jsonl COURSE_CHECKPOINTS=$(CURDIR)/output/ci/checkpoints \
-		$(PY) -m pytest -p no:cacheprovider tests $(wildcard notebooks/*.ipynb) --nbval --nbval-current-env \
+		$(PY) -m pytest -p no:cacheprovider --durations=25 tests $(wildcard notebooks/*.ipynb) --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600
 
 lab: install

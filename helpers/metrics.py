@@ -217,16 +217,28 @@ def _top_k_neighbours(sim: np.ndarray, k: int, groups: np.ndarray | None = None,
     return out
 
 
+def _group_codes(groups: Sequence) -> np.ndarray:
+    """``groups`` as integer codes 0 .. G - 1, one per item."""
+    _, codes = np.unique(np.asarray(groups), return_inverse=True)
+    return codes.reshape(-1)
+
+
+def fewest_outside_group(groups: Sequence) -> int:
+    """The fewest items outside an item's own group: the largest K that
+    Recall@K with each query's group left out can measure."""
+    codes = _group_codes(groups)
+    return int(len(codes) - np.bincount(codes).max())
+
+
 def _check_groups(groups: Sequence | None, n: int, k: int) -> np.ndarray | None:
     if groups is None:
         return None
-    _, codes = np.unique(np.asarray(groups), return_inverse=True)
-    codes = codes.reshape(-1)
+    codes = _group_codes(groups)
     if len(codes) != n:
         raise ValueError(f"groups must give one group per item ({n}), got {len(codes)}")
-    others = n - np.bincount(codes)[codes]                              # items outside each item's group
-    if others.min() < k:
-        raise ValueError(f"with its group left out, an item has only {others.min()} candidate neighbours: "
+    others = fewest_outside_group(codes)                                # candidates outside each item's group
+    if others < k:
+        raise ValueError(f"with its group left out, an item has only {others} candidate neighbours: "
                          f"K = {k} needs at least {k}")
     return codes
 

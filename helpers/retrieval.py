@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import choose_device
 from .data import ChunkDataset, TaggedAudio, clip_songs, triplet_dataset
-from .metrics import recall_at_ks, same_group_top1
+from .metrics import fewest_outside_group, recall_at_ks, same_group_top1
 from .train import (HOMEWORK_RECIPE, BatchLoss, EpochRecord, Recipe, RunCheckpoints, autocast, embed_clips,
                     embedding_of, fast_layout, model_checkpoint, run_identity, seed_everything, train_epochs, training_loader)
 
@@ -113,9 +113,7 @@ def retrieval_report(embeddings: np.ndarray, labels: np.ndarray, songs: Sequence
     songs leave room for are kept."""
     sim = similarity_matrix(embeddings, distance)
     songs = np.asarray(songs)
-    _, codes = np.unique(songs, return_inverse=True)
-    room = len(songs) - np.bincount(codes.reshape(-1)).max()          # fewest clips outside a query's song
-    masked_ks = tuple(k for k in ks if k <= room)
+    masked_ks = tuple(k for k in ks if k <= fewest_outside_group(songs))
     return {"other songs": recall_at_ks(sim, labels, masked_ks, groups=songs) if masked_ks else {},
             "all clips": recall_at_ks(sim, labels, tuple(k for k in ks if k < len(songs))),
             "same_song_top1": same_group_top1(sim, songs)}

@@ -212,3 +212,10 @@ def test_song_bootstrap_resamples_whole_songs_and_brackets_the_score():
     by_song = bootstrap_intervals(*copies, songs, n_boot=400)["roc_auc"]
     by_clip = bootstrap_intervals(*copies, np.arange(120), n_boot=400)["roc_auc"]
     assert by_song[1] - by_song[0] > 1.5 * (by_clip[1] - by_clip[0])
+
+
+def test_fewest_outside_group_is_the_largest_measurable_k():
+    from helpers.metrics import fewest_outside_group
+    assert fewest_outside_group(["a", "a", "b", "c"]) == 2              # a clip of song a: only b and c are left
+    assert fewest_outside_group([1, 2, 3]) == 2
+    assert fewest_outside_group(["x"] * 4) == 0
