@@ -236,7 +236,7 @@ def _check_groups(groups: Sequence | None, n: int, k: int) -> np.ndarray | None:
     codes = _group_codes(groups)
     if len(codes) != n:
         raise ValueError(f"groups must give one group per item ({n}), got {len(codes)}")
-    others = fewest_outside_group(codes)                                # candidates outside each item's group
+    others = fewest_outside_group(codes)                                # of the item with the largest group
     if others < k:
         raise ValueError(f"with its group left out, an item has only {others} candidate neighbours: "
                          f"K = {k} needs at least {k}")

@@ -4,7 +4,8 @@ model derives from.
 Blocks (each docstring gives its input and output shapes):
 :class:`Conv1dBlock`, :class:`Conv2dBlock`, :class:`ResBlock2d`,
 :class:`GlobalPool`, and musicnn's :class:`TimbralBranch`,
-:class:`TemporalBranch` and :class:`MusicnnFrontEnd`.
+:class:`TemporalBranch` and :class:`MusicnnFrontEnd`; :func:`max_after_bn`,
+how musicnn's filters pool over frequency before normalising in evaluation.
 
 Base classes: :class:`SpectrogramModel` (waveform checks, the log-mel front
 end, ``embed``) and :class:`Classifier` (a tagger: ``linear(dropout(embed))``).
@@ -50,9 +51,9 @@ def max_after_bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, layers: C
     if bn.training or bn.running_var is None:            # batch statistics: every value counts
         return layers(x).amax(dim=dim)
     pooled = x.amax(dim=dim, keepdim=True)
-    if bn.weight is not None and bool((bn.weight < 0).any()):
-        decreasing = (bn.weight < 0).view(-1, *([1] * (x.dim() - 2)))
-        pooled = torch.where(decreasing, x.amin(dim=dim, keepdim=True), pooled)
+    decreasing = None if bn.weight is None else bn.weight < 0          # no weight: a positive scale
+    if decreasing is not None and decreasing.any():
+        pooled = torch.where(decreasing.view(-1, *([1] * (x.dim() - 2))), x.amin(dim=dim, keepdim=True), pooled)
     return layers(pooled).squeeze(dim)
 
 
@@ -155,7 +156,8 @@ class GlobalPool(nn.Module):
 
 class TimbralBranch(nn.Module):
     """Musicnn's timbral (vertical) filters: ``Conv2d(1, channels, (height,
-    width), padding (0, width // 2)) -> BN -> ReLU``, then max over frequency.
+    width), padding (0, width // 2)) -> BN -> ReLU``, then max over frequency
+    (in evaluation the max comes first: the same numbers, :func:`max_after_bn`).
 
     ``(batch, 1, n_mels, time) -> (batch, channels, time)``.
     """
