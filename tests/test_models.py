@@ -389,6 +389,29 @@ def test_pons_musicnn_evaluation_is_unchanged_by_pooling_first(monkeypatch):
     x = torch.randn(2, model.input_samples)
     with torch.no_grad():
         fast = model(x)
-        monkeypatch.setattr(pons, "max_after_bn", lambda h, bn, layers, dim: layers(h).amax(dim=dim))
+        monkeypatch.setattr(pons.ReluBatchNorm2d, "max_over", lambda self, h, dim, conv_max: self(h).amax(dim=dim))
         slow = model(x)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_pons_filters_take_the_piecewise_path_only_without_gradients():
+    """Frozen filters in evaluation (fine-tuning's front end) take the
+    piecewise maxima even while gradients are recorded; filters that learn
+    get the plain computation and their gradients; the same numbers."""
+    from helpers.models.pons import TimbralFilters, timbral_conv_max
+    torch.manual_seed(0)
+    block = TimbralFilters(8, 38).eval()
+    _random_statistics(block, 5)
+    x = torch.randn(5, 1, 40, 96)                 # 5 examples: pieces of 2, 2 and 1
+    pieces = []
+    plain_max_over = block.filters.max_over
+    block.filters.max_over = lambda h, dim, conv_max: plain_max_over(
+        h, dim, lambda *args: pieces.append(len(args[0])) or timbral_conv_max(*args))
+    learning = block(x)
+    assert not pieces and learning.requires_grad
+    learning.sum().backward()
+    assert block.filters.conv.weight.grad is not None
+    block.requires_grad_(False)
+    frozen = block(x)
+    assert sum(pieces) == 5 and len(pieces) > 1 and not frozen.requires_grad
+    torch.testing.assert_close(frozen, learning.detach(), rtol=1e-5, atol=1e-5)
