@@ -18,7 +18,12 @@ Prints, for this CPU and thread count:
    clips/s, the FLOP/s achieved (FLOPs of one float32 step counted with
    ``torch.utils.flop_counter``, divided by the time) and the ratios;
 3. the same for evaluation (a batch of 64 chunks, no gradients);
-4. :class:`helpers.tagging.Tagger` on a 10-minute file, plain and with
+4. musicnn's published architecture (``musicnn_pons``) in evaluation on a
+   batch of 64 patches: every value of its filters normalised and then
+   max-pooled over frequency (*plain*), against the course's maxima first,
+   two examples at a time (:meth:`helpers.models.pons.ReluBatchNorm2d.max_over`),
+   in float32 and with the fast paths;
+5. :class:`helpers.tagging.Tagger` on a 10-minute file, plain and with
    ``fast_paths``.
 
 ``--fallback`` makes the course believe the CPU has no native bfloat16
@@ -44,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from helpers import train  # noqa: E402
 from helpers.course.results import format_table  # noqa: E402
-from helpers.models import build_model  # noqa: E402
+from helpers.models import build_model, pons  # noqa: E402
 from helpers.tagging import Tagger  # noqa: E402
 
 MODELS = ("cnn2d", "musicnn", "short_chunk_res", "cnn1d")
@@ -158,6 +163,38 @@ MODEL_HEADER = ("model", "step", "batch", "bare clips/s", "course clips/s", "cou
                 "layout only", "bare GFLOP/s", "course GFLOP/s", "bare / fp32 matmul")
 
 
+def bench_pons_filters(repeats: int) -> list[list]:
+    """musicnn's published architecture (random weights and statistics: the
+    speed is the same) on 64 patches: the plain computation of its filters
+    against the course's, in float32 and with the fast paths."""
+    torch.manual_seed(0)
+    model = build_model("musicnn_pons", n_tags=50).eval()
+    x = torch.randn(64, model.input_samples)
+    course_max_over = pons.ReluBatchNorm2d.max_over
+
+    def plain_max_over(self, h, dim, conv_max):
+        return self(h).amax(dim=dim)
+
+    def embed(max_over, fast: bool) -> Callable[[], object]:
+        def call():
+            pons.ReluBatchNorm2d.max_over = max_over
+            try:
+                with torch.no_grad(), train.autocast(torch.device("cpu"), fast):
+                    return model(x)
+            finally:
+                pons.ReluBatchNorm2d.max_over = course_max_over
+        return call
+    seconds = interleaved_seconds({f"{how} {precision}": embed(max_over, precision != "float32")
+                                   for how, max_over in (("plain", plain_max_over), ("course", course_max_over))
+                                   for precision in ("float32", "fast paths")}, repeats)
+    return [[precision, f"{64 / seconds['plain ' + precision]:.0f}", f"{64 / seconds['course ' + precision]:.0f}",
+             f"{seconds['plain ' + precision] / seconds['course ' + precision]:.2f}"]
+            for precision in ("float32", "fast paths")]
+
+
+PONS_HEADER = ("musicnn_pons eval, batch 64", "plain patches/s", "course patches/s", "speed-up")
+
+
 def bench_tagger(repeats: int) -> list[dict]:
     """Tag a 10-minute waveform with the course's Figure 1 CNN and with musicnn's
     published MTT model (its architecture, random weights: the speed is the same)."""
@@ -202,6 +239,8 @@ def main() -> None:
     rows = bench_models(args.width, args.repeats, fp32)
     print()
     print(format_table(MODEL_HEADER, rows, "ll" + "r" * 9))
+    print()
+    print(format_table(PONS_HEADER, bench_pons_filters(args.repeats), "l" + "r" * 3))
     if not args.skip_tagger:
         print()
         print(format_table(TAGGER_HEADER, bench_tagger(max(1, args.repeats // 2)), "lll" + "r" * 3))
