@@ -175,7 +175,7 @@ def bench_pons_filters(repeats: int) -> list[list]:
     def plain_max_over(self, h, dim, conv_max):
         return self(h).amax(dim=dim)
 
-    def embed(max_over, fast: bool) -> Callable[[], object]:
+    def forward(max_over, fast: bool) -> Callable[[], object]:
         def call():
             pons.ReluBatchNorm2d.max_over = max_over
             try:
@@ -184,7 +184,7 @@ def bench_pons_filters(repeats: int) -> list[list]:
             finally:
                 pons.ReluBatchNorm2d.max_over = course_max_over
         return call
-    seconds = interleaved_seconds({f"{how} {precision}": embed(max_over, precision != "float32")
+    seconds = interleaved_seconds({f"{how} {precision}": forward(max_over, precision != "float32")
                                    for how, max_over in (("plain", plain_max_over), ("course", course_max_over))
                                    for precision in ("float32", "fast paths")}, repeats)
     return [[precision, f"{64 / seconds['plain ' + precision]:.0f}", f"{64 / seconds['course ' + precision]:.0f}",

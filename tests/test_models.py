@@ -404,8 +404,8 @@ def test_pons_filters_take_the_piecewise_path_only_without_gradients():
     _random_statistics(block, 5)
     x = torch.randn(5, 1, 40, 96)                 # 5 examples: pieces of 2, 2 and 1
     pieces = []
-    plain_max_over = block.filters.max_over
-    block.filters.max_over = lambda h, dim, conv_max: plain_max_over(
+    course_max_over = block.filters.max_over        # counts the pieces it computes
+    block.filters.max_over = lambda h, dim, conv_max: course_max_over(
         h, dim, lambda *args: pieces.append(len(args[0])) or timbral_conv_max(*args))
     learning = block(x)
     assert not pieces and learning.requires_grad
