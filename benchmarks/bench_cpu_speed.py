@@ -12,11 +12,15 @@ Prints, for this CPU and thread count:
    processor can do at best;
 2. per model (``cnn2d``, ``musicnn``, ``short_chunk_res``, ``cnn1d``), one
    training step on a batch of 16 random crops (forward, BCE loss, backward,
-   SGD step): *bare*, plain PyTorch in float32 and the default layout, and
+   SGD step): *bare*, plain PyTorch (float32, the default layout,
+   ``torch.optim.SGD`` as it comes, glibc's ``malloc`` as it comes), and
    *course*, what :func:`helpers.train.fit` does with a profile's recipe
-   (:func:`helpers.train.autocast`, :func:`helpers.train.fast_layout`):
-   clips/s, the FLOP/s achieved (FLOPs of one float32 step counted with
-   ``torch.utils.flop_counter``, divided by the time) and the ratios;
+   (:func:`helpers.train.autocast`, :func:`helpers.train.fast_layout`, the
+   fused optimiser of :func:`helpers.train.make_optimizer`, freed memory
+   kept by :func:`helpers.config.keep_freed_memory`); then each fast path
+   alone on top of bare: clips/s, the FLOP/s achieved (FLOPs of one float32
+   step counted with ``torch.utils.flop_counter``, divided by the time) and
+   the ratios;
 3. the same for evaluation (a batch of 64 chunks, no gradients);
 4. musicnn's published architecture (``musicnn_pons``) in evaluation on a
    batch of 64 patches: every value of its filters normalised and then
@@ -47,7 +51,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from helpers import train  # noqa: E402
+from helpers import config, train  # noqa: E402
 from helpers.course.results import format_table  # noqa: E402
 from helpers.models import build_model, pons  # noqa: E402
 from helpers.tagging import Tagger  # noqa: E402
@@ -103,28 +107,34 @@ def counted_flops(call: Callable[[], object]) -> int:
 
 
 class Step:
-    """One training step of ``model`` on a fixed batch with ``recipe``'s fast
-    paths: the bare float32 one (:data:`helpers.train.HOMEWORK_RECIPE`), the
-    course's (the recipe of a profile), or one of the two fast paths alone."""
+    """One training step of ``model`` on a fixed batch: the bare float32 one
+    (:data:`helpers.train.HOMEWORK_RECIPE`, ``torch.optim.SGD`` as it comes,
+    glibc's default ``malloc``), the course's (the recipe of a profile, the
+    course's optimiser, freed memory kept), or one fast path alone
+    (``recipe``'s ``amp`` or ``channels_last``, or ``keep_memory``)."""
 
-    def __init__(self, name: str, width: float | None, batch: int, recipe: train.Recipe) -> None:
+    def __init__(self, name: str, width: float | None, batch: int, recipe: train.Recipe,
+                 keep_memory: bool = False, course_optimizer: bool = False) -> None:
         torch.manual_seed(0)
         options = {"width": width} if width is not None else {}
         self.model = build_model(name, n_tags=50, **options).train()
         samples = getattr(self.model, "input_samples", 48000)
         self.x, self.y = torch.randn(batch, samples), (torch.rand(batch, 50) < 0.1).float()
-        self.recipe = recipe
+        self.recipe, self.keep_memory = recipe, keep_memory
         train.fast_layout(self.model, self.recipe.channels_last)
-        self.optimizer = train.make_optimizer(self.model, self.recipe)
+        self.optimizer = train.make_optimizer(self.model, self.recipe) if course_optimizer else \
+            torch.optim.SGD(self.model.parameters(), lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
         self.device = torch.device("cpu")
 
     def __call__(self) -> None:
+        config.keep_freed_memory(self.keep_memory)
         with train.autocast(self.device, self.recipe.amp):
             logits = self.model(self.x)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), self.y)
         train.optimizer_step(loss, self.optimizer)
 
     def evaluate(self) -> None:
+        config.keep_freed_memory(self.keep_memory)
         with torch.no_grad(), train.autocast(self.device, self.recipe.amp):
             self.model(self.x)
 
@@ -132,18 +142,20 @@ class Step:
 def bench_models(width: str, repeats: int, fp32_rate: float) -> list[list]:
     """One row per model and step (train, eval): clips/s bare and the
     course's, the ratio, what each fast path gives alone, and the FLOP/s."""
-    course = train.HOMEWORK_RECIPE.for_profile("cpu")
-    variants = {"bare": train.HOMEWORK_RECIPE, "course": course,
-                "autocast only": replace(course, channels_last=False),
-                "layout only": replace(course, amp=False)}
+    course, bare = train.HOMEWORK_RECIPE.for_profile("cpu"), train.HOMEWORK_RECIPE
+    variants = {"bare": dict(recipe=bare),
+                "course": dict(recipe=course, keep_memory=True, course_optimizer=True),
+                "autocast only": dict(recipe=replace(bare, amp=course.amp)),
+                "layout only": dict(recipe=replace(bare, channels_last=course.channels_last)),
+                "memory only": dict(recipe=bare, keep_memory=True)}
     rows = []
     for name in MODELS:
         w = CPU_WIDTHS.get(name) if width == "cpu" else None
         label = name + (f" (width 1/{round(1 / w)})" if w else "")
         for what, batch in (("train", 16), ("eval", 64)):
             runs = {}
-            for variant, recipe in variants.items():
-                step = Step(name, w, batch, recipe)
+            for variant, settings in variants.items():
+                step = Step(name, w, batch, **settings)
                 if what == "eval":
                     step.model.eval()
                 runs[variant] = step if what == "train" else step.evaluate
@@ -152,7 +164,8 @@ def bench_models(width: str, repeats: int, fp32_rate: float) -> list[list]:
             t_bare, t_course = seconds["bare"], seconds["course"]
             rows.append([label, what, batch, f"{batch / t_bare:.1f}", f"{batch / t_course:.1f}",
                          f"{t_bare / t_course:.2f}", f"{t_bare / seconds['autocast only']:.2f}",
-                         f"{t_bare / seconds['layout only']:.2f}", f"{flops / t_bare / 1e9:.0f}",
+                         f"{t_bare / seconds['layout only']:.2f}", f"{t_bare / seconds['memory only']:.2f}",
+                         f"{flops / t_bare / 1e9:.0f}",
                          f"{flops / t_course / 1e9:.0f}", f"{100 * flops / t_bare / 1e9 / fp32_rate:.0f} %"])
             print(f"  {label:28s} {what:5s} " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()),
                   flush=True)
@@ -160,7 +173,7 @@ def bench_models(width: str, repeats: int, fp32_rate: float) -> list[list]:
 
 
 MODEL_HEADER = ("model", "step", "batch", "bare clips/s", "course clips/s", "course / bare", "autocast only",
-                "layout only", "bare GFLOP/s", "course GFLOP/s", "bare / fp32 matmul")
+                "layout only", "memory only", "bare GFLOP/s", "course GFLOP/s", "bare / fp32 matmul")
 
 
 def bench_pons_filters(repeats: int) -> list[list]:
@@ -231,15 +244,17 @@ def main() -> None:
           + (" (forced off: --fallback)" if args.fallback else ""))
     recipe = train.HOMEWORK_RECIPE.for_profile("cpu")
     print(f"the course's fast paths here: autocast {train.amp_dtype('cpu', recipe.amp) or 'off (float32)'}, "
-          f"channels-last 2D convolutions: {recipe.channels_last}")
+          f"channels-last 2D convolutions: {recipe.channels_last}, freed memory kept by glibc's malloc: "
+          f"{config.keep_freed_memory(True)}")
     bf16_size = 2048 if native else 512                # emulated: a 2048 product would take a minute
     fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16, bf16_size, repeats=2)
     print(f"matrix multiply: float32 {fp32:.0f} GFLOP/s (2048 x 2048), bfloat16 {bf16:.3g} GFLOP/s "
           f"({bf16_size} x {bf16_size}; {bf16 / fp32:.2g} x)\n")
     rows = bench_models(args.width, args.repeats, fp32)
     print()
-    print(format_table(MODEL_HEADER, rows, "ll" + "r" * 9))
+    print(format_table(MODEL_HEADER, rows, "ll" + "r" * 10))
     print()
+    config.keep_freed_memory(True)                     # as in the course, for both columns of what follows
     print(format_table(PONS_HEADER, bench_pons_filters(args.repeats), "l" + "r" * 3))
     if not args.skip_tagger:
         print()

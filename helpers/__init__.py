@@ -20,4 +20,6 @@ Command line: ``python -m helpers --help``.
 """
 from . import config  # noqa: F401  (first: it silences tqdm's IProgress warning, whatever is imported next)
 
+config.keep_freed_memory(config.choose_fast_paths())     # freed tensors' memory reused, not faulted in anew
+
 __version__ = "0.2.0"

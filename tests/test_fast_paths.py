@@ -155,3 +155,95 @@ def test_the_notebooks_say_what_runs(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_native_bfloat16", lambda: False)
     assert "no native bfloat16" in train.describe_fast_paths("cpu", fast)
     assert train.describe_fast_paths("cpu", HOMEWORK_RECIPE) == "cpu: float32 (mixed precision off); the default memory layout"
+
+
+@pytest.mark.parametrize("kernel, padding, dim", [((38, 7), (0, 3), 3), ((7, 38), (0, 0), 2), ((5, 3), (2, 1), 3)])
+def test_a_one_channel_convolution_by_shifts_is_the_convolution(kernel, padding, dim):
+    """conv2d_by_shifts: the same output and the same gradients as the convolution it replaces."""
+    from helpers.models.blocks import conv2d_by_shifts
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 6, kernel, padding=padding)
+    x = torch.randn(3, 1, 96, 50, requires_grad=True)
+    target = torch.randn_like(conv(x))
+    grads = []
+    for compute in (conv, lambda h: conv2d_by_shifts(h, conv, dim)):
+        out = compute(x)
+        conv.zero_grad()
+        x.grad = None
+        (out * target).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for plain, shifted in zip(*grads):
+        torch.testing.assert_close(shifted, plain, rtol=1e-3, atol=1e-3 * float(plain.abs().max()))
+    with pytest.raises(ValueError, match="one input channel"):
+        conv2d_by_shifts(torch.randn(1, 2, 9, 9), nn.Conv2d(2, 3, 3), 3)
+
+
+@pytest.mark.parametrize("which", ["course", "pons"])
+def test_musicnn_timbral_filters_train_as_the_plain_convolution_and_maximum(which):
+    """In training the timbral filters run on shifted copies and pool with
+    Tensor.max: the output and the gradients are those of the plain
+    convolution, batch norm, ReLU and amax (float32: ties after ReLU carry no gradient)."""
+    from torch.nn import functional as F
+
+    from helpers.models.blocks import TimbralBranch
+    from helpers.models.pons import TimbralFilters
+    torch.manual_seed(0)
+    if which == "course":
+        branch = TimbralBranch(8, 38).train()                         # x: (batch, 1, 96 bands, frames)
+        conv, x = branch.conv, torch.randn(3, 1, 96, 40, requires_grad=True)
+        plain = lambda: branch.relu(branch.bn(conv(x))).amax(dim=2)   # noqa: E731
+    else:
+        branch = TimbralFilters(8, 38).train()                        # x: (batch, 1, frames, 96 bands)
+        conv, x = branch.filters.conv, torch.randn(3, 1, 40, 96, requires_grad=True)
+        plain = lambda: branch.filters.bn(F.relu(conv(F.pad(x, (0, 0, 3, 3))))).amax(dim=3)  # noqa: E731
+    results = []
+    for compute in (lambda: branch(x), plain):
+        x.grad, conv.weight.grad = None, None
+        out = compute()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), x.grad.clone(), conv.weight.grad.clone()))
+    for course, reference in zip(*results):
+        torch.testing.assert_close(course, reference, rtol=1e-3, atol=1e-4 * float(reference.abs().max()))
+
+
+def test_a_batch_of_log_mels_is_computed_piece_by_piece_with_the_same_numbers():
+    front_end = LogMelSpectrogram()
+    x = torch.randn(2 * LogMelSpectrogram.CLIPS_PER_PIECE + 3, 8000)
+    whole = front_end(x)
+    assert whole.shape == (len(x), 1, 96, 32)
+    assert torch.equal(whole, torch.cat([front_end(clip[None]) for clip in x]))
+
+
+def test_the_optimisers_are_fused_on_the_cpu():
+    model = nn.Linear(3, 2)
+    for optimizer in ("sgd", "adam"):
+        assert train.make_optimizer(model, Recipe(optimizer=optimizer)).defaults["fused"] is True
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_kept_for_the_next_tensors():
+    """With keep_freed_memory, a loop that computes with 64 MB temporaries
+    faults their pages in once; with glibc's default behaviour, at every
+    step (counted in a fresh process, whose allocator nothing else set)."""
+    import os
+    import subprocess
+    import sys
+    script = (
+        "import resource, sys, torch\n"
+        "from helpers.config import keep_freed_memory\n"
+        "print(keep_freed_memory(sys.argv[1] == 'on'))\n"
+        "x = torch.randn(2 ** 24)\n"
+        "for _ in range(3):\n"
+        "    (x * 2 + 1).relu().sum()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(8):\n"
+        "    (x * 2 + 1).relu().sum()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    faults = {}
+    for mode in ("on", "off"):
+        out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, check=True,
+                             env={**os.environ, "COURSE_FAST_PATHS": "0"}).stdout.split()
+        assert out[0] == "True"
+        faults[mode] = int(out[1])
+    pages = 8 * 2 ** 26 // 4096                          # one 64 MB temporary a step, in 4 kB pages
+    assert faults["off"] > pages and faults["on"] < pages // 10, faults

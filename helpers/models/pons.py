@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from ..audio import LogMelSpectrogram
 from ..config import SAMPLE_RATE
-from .blocks import Classifier
+from .blocks import Classifier, conv2d_by_shifts, gradient_flows
 
 __all__ = ["PATCH_FRAMES", "PATCH_SAMPLES", "tf_same_padding", "musicnn_front_end", "ReluBatchNorm2d",
            "TimbralFilters", "TemporalFilters", "MidEndLayer", "PonsModel", "PonsMusicnn", "PonsVGG"]
@@ -53,22 +53,30 @@ EXAMPLES_PER_PIECE = 2
 
 class ReluBatchNorm2d(nn.Module):
     """Conv2d -> ReLU -> BatchNorm2d (eps 1e-3): TensorFlow's
-    ``conv2d(activation=relu)`` followed by ``batch_normalization``."""
+    ``conv2d(activation=relu)`` followed by ``batch_normalization``.
+    ``shifts_dim`` (2 or 3, for one input channel): in training the
+    convolution runs on shifted copies of the input along that axis
+    (:func:`~.blocks.conv2d_by_shifts`: the same numbers, a faster backward)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int]) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int],
+                 shifts_dim: int | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel)
         self.bn = nn.BatchNorm2d(out_channels, eps=TF_BN_EPS)
+        self.shifts_dim = shifts_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(F.relu(self.conv(x)))
+        by_shifts = self.shifts_dim is not None and gradient_flows(x, self.conv)
+        h = conv2d_by_shifts(x, self.conv, self.shifts_dim) if by_shifts else self.conv(x)
+        return self.bn(F.relu(h))
 
     def max_over(self, x: torch.Tensor, dim: int,
                  conv_max: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``self(x).amax(dim)``: ``(batch, C, T, 96) -> (batch, C, T)`` for ``dim=3``.
+        """``self(x).max(dim)``: ``(batch, C, T, 96) -> (batch, C, T)`` for ``dim=3``.
 
         In training every value of the convolution's output counts (batch
-        norm's statistics, the gradients). In evaluation without gradients,
+        norm's statistics, the gradients; ``Tensor.max``, as in
+        :func:`~.blocks.max_after_bn`). In evaluation without gradients,
         ReLU and batch norm are monotone per channel and commute with the
         maximum (:func:`~.blocks.max_after_bn`): only the convolution's
         maxima over frequency are needed, its minima on the channels of
@@ -78,8 +86,8 @@ class ReluBatchNorm2d(nn.Module):
         144 M values for a batch of 64 patches), so each piece stays in the
         processor's cache, 2-5 times faster; the same numbers up to rounding.
         """
-        if self.bn.training or (torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad)):
-            return self(x).amax(dim=dim)
+        if self.bn.training or gradient_flows(x, self.conv):
+            return self(x).max(dim=dim).values
         sign = torch.ones_like(self.conv.bias) if self.bn.weight is None else \
             torch.where(self.bn.weight < 0, -1.0, 1.0)         # -1: batch norm decreasing, take the minimum
         weight, bias = self.conv.weight * sign.view(-1, 1, 1, 1), self.conv.bias * sign
@@ -112,11 +120,12 @@ class TimbralFilters(nn.Module):
     """A timbral branch of musicnn: ``channels`` filters of 7 frames x
     ``span`` mel bands (zero-padded 3 frames each side in time, none in
     frequency), ReLU, BN, then the maximum over frequency:
-    ``(batch, 1, T, 96) -> (batch, channels, T)``."""
+    ``(batch, 1, T, 96) -> (batch, channels, T)``. In training the
+    convolution runs on 7 copies of the input shifted in time."""
 
     def __init__(self, channels: int, span: int) -> None:
         super().__init__()
-        self.filters = ReluBatchNorm2d(1, channels, (7, span))
+        self.filters = ReluBatchNorm2d(1, channels, (7, span), shifts_dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.filters.max_over(F.pad(x, (0, 0, 3, 3)), 3, timbral_conv_max)
