@@ -183,8 +183,9 @@ def _top_k_neighbours(sim: np.ndarray, k: int, groups: np.ndarray | None = None,
     ``groups``, every item of its group) excluded.
 
     Rows are taken ``block_rows`` at a time (a few MB, in cache), and a fast
-    top-k finds each row's k largest values; only rows whose k-th value is
-    tied with values that did not fit are then resolved by index."""
+    top-k finds each row's k + 1 largest values; only rows whose k-th value
+    equals the (k + 1)-th, a tie with a value that did not fit, are then
+    resolved by index."""
     s_all = torch.from_numpy(np.ascontiguousarray(sim, dtype=np.result_type(sim.dtype, np.float32)))
     n = len(s_all)
     if groups is not None:                              # the members of each group, one group after the other
@@ -202,9 +203,10 @@ def _top_k_neighbours(sim: np.ndarray, k: int, groups: np.ndarray | None = None,
             row = np.repeat(np.arange(len(rows)), count)
             offset = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
             s[torch.from_numpy(row), torch.from_numpy(members[np.repeat(first[g], count) + offset])] = -np.inf
-        values, idx = torch.topk(s, k, dim=1)                              # the k largest, any order among ties
+        values, idx = torch.topk(s, k + 1, dim=1)                          # the k + 1 largest, any order among ties
+        short = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()  # a tie across the k-th place
+        values, idx = values[:, :k], idx[:, :k]
         kth = values[:, -1:]
-        short = torch.nonzero((s == kth).sum(1) > (values == kth).sum(1)).flatten()
         for r in short.tolist():                                           # ties at the k-th value left out:
             row = s[r]                                                     # take the lowest indices of them
             above = torch.nonzero(row > kth[r]).flatten()
