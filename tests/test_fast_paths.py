@@ -246,4 +246,5 @@ def test_freed_memory_is_kept_for_the_next_tensors():
         assert out[0] == "True"
         faults[mode] = int(out[1])
     pages = 8 * 2 ** 26 // 4096                          # one 64 MB temporary a step, in 4 kB pages
-    assert faults["off"] > pages and faults["on"] < pages // 10, faults
+    assert faults["off"] > pages, faults                 # glibc's default: three temporaries a step faulted in
+    assert faults["on"] < faults["off"] // 4, faults     # kept: none, or now and then one when the heap moves
