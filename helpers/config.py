@@ -7,8 +7,9 @@ before it starts, and for where the course keeps its files.
 - where data, results and checkpoints live (:func:`data_root`,
   :func:`results_path`, :func:`checkpoint_path`);
 - the sample rate of everything (:data:`SAMPLE_RATE`), the progress bar
-  (:data:`tqdm`) and the one way the course writes a file safely
-  (:func:`atomic_write`).
+  (:data:`tqdm`), the one way the course writes a file safely
+  (:func:`atomic_write`) and how the process reuses freed memory
+  (:func:`keep_freed_memory`).
 
 This module imports nothing of the course, so every other module can import it.
 """
@@ -34,8 +35,8 @@ with warnings.catch_warnings():
 
 __all__ = ["SAMPLE_RATE", "PROFILES", "usable_cpus", "DATASETS", "REPO", "REPO_URL", "DRIVE_FOLDER", "in_colab",
            "runtime_root", "tqdm", "choose_profile", "choose_dataset", "MTAT_SPLITS", "choose_mtat_split",
-           "choose_device", "choose_progress", "choose_fast_paths", "keep_freed_memory", "data_root", "results_path", "checkpoint_path", "runs_folder",
-           "atomic_write"]
+           "choose_device", "choose_progress", "choose_fast_paths", "keep_freed_memory", "data_root", "results_path",
+           "checkpoint_path", "runs_folder", "atomic_write"]
 
 #: Sample rate (Hz) of every waveform in the course: datasets, models, tagging.
 SAMPLE_RATE = 16000

@@ -39,14 +39,13 @@ def conv2d_by_shifts(x: torch.Tensor, conv: nn.Conv2d, dim: int) -> torch.Tensor
     shifted copies of ``x`` (``k``: the kernel's size along ``dim``, 2 or 3)
     with filters of size 1 along ``dim``: the same numbers.
 
-    oneDNN's convolution kernels are slow for a single input channel
-    backward: for musicnn's timbral filters (7 frames x 38 or 67 bands), a
-    training step of the filters takes 2.5-4 times longer as a plain
-    ``conv(x)`` than on the 7 shifted copies (without gradients the plain
-    convolution is faster: :func:`gradient_flows` tells which to use).
-    ``x``: ``(batch, 1, H, W)``;
-    ``conv``: one input channel, stride and dilation 1; returns ``(batch,
-    out_channels, H', W')`` as ``conv(x)``.
+    oneDNN's backward pass of a convolution is slow when it has a single
+    input channel: for musicnn's timbral filters (7 frames x 38 or 67 bands)
+    a training step of the filters takes 2.5-4 times longer as a plain
+    ``conv(x)`` than on the 7 shifted copies. (Without gradients the plain
+    convolution is faster: :func:`gradient_flows` tells which to use.)
+    ``x``: ``(batch, 1, H, W)``; ``conv``: one input channel, stride and
+    dilation 1; returns ``(batch, out_channels, H', W')`` as ``conv(x)``.
     """
     if conv.in_channels != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
         raise ValueError("conv2d_by_shifts takes a convolution of one input channel, stride 1, dilation 1")
@@ -75,10 +74,9 @@ def max_after_bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, layers: C
     that won (``amax`` compares every value with the maximum again: 2-3
     times slower). In evaluation batch norm is, per channel, the map ``x *
     scale + shift`` with a scale of the sign of the channel's weight, and
-    ReLU never decreases: ``layers``
-    is monotone per channel, so it commutes with the maximum, ``max layers(x)
-    = layers(max x)`` on channels of weight >= 0 and ``layers(min x)`` on the
-    others. Pooling first gives the same numbers (up to rounding) with
+    ReLU never decreases: ``layers`` is monotone per channel, so it commutes
+    with the maximum, ``max layers(x) = layers(max x)`` on channels of weight
+    >= 0 and ``layers(min x)`` on the others. Pooling first gives the same numbers (up to rounding) with
     ``x.shape[dim]`` times fewer values to normalise: 30 or 59 times for
     :class:`TimbralBranch`'s filters of 67 and 38 bands. (Pons's musicnn,
     :meth:`helpers.models.pons.ReluBatchNorm2d.max_over`, goes further: it
