@@ -920,7 +920,7 @@ def _seconds_per_call(call: Callable[[], Any], times: int, device: torch.device)
 
 def estimate_training_time(model: nn.Module, data: TaggedAudio, recipe: Recipe,
                            device: str | torch.device | None = None, clips_per_item: int = 1,
-                           timed_batches: int = 2) -> TrainingTime:
+                           timed_batches: int = 1) -> TrainingTime:
     """How long :func:`fit` (``clips_per_item=1``) or
     :func:`helpers.retrieval.fit_triplet` (``3``: anchor, positive, negative)
     should take to train ``model`` on ``data`` with ``recipe``, from a short

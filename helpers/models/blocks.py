@@ -76,11 +76,11 @@ def max_after_bn(x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm, layers: C
     scale + shift`` with a scale of the sign of the channel's weight, and
     ReLU never decreases: ``layers`` is monotone per channel, so it commutes
     with the maximum, ``max layers(x) = layers(max x)`` on channels of weight
-    >= 0 and ``layers(min x)`` on the others. Pooling first gives the same numbers (up to rounding) with
-    ``x.shape[dim]`` times fewer values to normalise: 30 or 59 times for
-    :class:`TimbralBranch`'s filters of 67 and 38 bands. (Pons's musicnn,
-    :meth:`helpers.models.pons.ReluBatchNorm2d.max_over`, goes further: it
-    never computes the whole convolution.)
+    >= 0 and ``layers(min x)`` on the others. Pooling first gives the same
+    numbers (up to rounding) with ``x.shape[dim]`` times fewer values to
+    normalise: 30 or 59 times for :class:`TimbralBranch`'s filters of 67 and
+    38 bands. (Pons's musicnn, :meth:`helpers.models.pons.ReluBatchNorm2d.max_over`,
+    goes further: it never computes the whole convolution.)
     ``x``: ``(batch, channels, ...)``; returns it without ``dim``.
     """
     if bn.training or bn.running_var is None:            # batch statistics: every value counts
