@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from helpers.config import data_root  # noqa: E402
 from helpers.data import RandomCropDataset, TaggedAudio  # noqa: E402
 from helpers.metrics import recall_at_ks  # noqa: E402
-from helpers.retrieval import similarity_matrix  # noqa: E402
 from helpers.prepare.synth import SynthConfig, prepare_synthetic  # noqa: E402
+from helpers.retrieval import similarity_matrix  # noqa: E402
 
 
 def bench_recall(n: int = 4332, n_tags: int = 50, repeats: int = 5) -> None:

@@ -167,9 +167,9 @@ def keep_freed_memory(enabled: bool = True) -> bool:
     musicnn run up to 2 times faster on a CPU. The price: the process keeps
     its peak memory until it ends. ``import helpers`` calls it, unless
     ``$COURSE_FAST_PATHS`` turns the fast paths off. Nothing happens where
-    the C library is not glibc (macOS, Windows); under an allocator that
-    replaces it (Colab preloads tcmalloc, which reuses memory already) the
-    call changes nothing.
+    the C library is not glibc (macOS, Windows), and the call changes
+    nothing under an allocator preloaded in glibc's place (tcmalloc,
+    jemalloc), which keep freed memory themselves.
     """
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False

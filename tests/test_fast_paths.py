@@ -4,10 +4,15 @@ switch that turns both off, and results that stay those of float32 within
 bfloat16's rounding."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from helpers import train
 from helpers.audio import LogMelSpectrogram
@@ -15,6 +20,8 @@ from helpers.config import choose_fast_paths
 from helpers.data import ChunkDataset, TaggedAudio
 from helpers.metrics import _top_k_neighbours, recall_at_ks
 from helpers.models import build_model
+from helpers.models.blocks import TimbralBranch, conv2d_by_shifts
+from helpers.models.pons import TimbralFilters
 from helpers.train import HOMEWORK_RECIPE, Recipe, amp_dtype, cpu_has_native_bfloat16, fast_layout, fit, predict
 
 
@@ -160,7 +167,6 @@ def test_the_notebooks_say_what_runs(monkeypatch):
 @pytest.mark.parametrize("kernel, padding, dim", [((38, 7), (0, 3), 3), ((7, 38), (0, 0), 2), ((5, 3), (2, 1), 3)])
 def test_a_one_channel_convolution_by_shifts_is_the_convolution(kernel, padding, dim):
     """conv2d_by_shifts: the same output and the same gradients as the convolution it replaces."""
-    from helpers.models.blocks import conv2d_by_shifts
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 6, kernel, padding=padding)
     x = torch.randn(3, 1, 96, 50, requires_grad=True)
@@ -183,10 +189,6 @@ def test_musicnn_timbral_filters_train_as_the_plain_convolution_and_maximum(whic
     """In training the timbral filters run on shifted copies and pool with
     Tensor.max: the output and the gradients are those of the plain
     convolution, batch norm, ReLU and amax (float32: ties after ReLU carry no gradient)."""
-    from torch.nn import functional as F
-
-    from helpers.models.blocks import TimbralBranch
-    from helpers.models.pons import TimbralFilters
     torch.manual_seed(0)
     if which == "course":
         branch = TimbralBranch(8, 38).train()                         # x: (batch, 1, 96 bands, frames)
@@ -220,14 +222,11 @@ def test_the_optimisers_are_fused_on_the_cpu():
         assert train.make_optimizer(model, Recipe(optimizer=optimizer)).defaults["fused"] is True
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_memory_is_kept_for_the_next_tensors():
     """With keep_freed_memory, a loop that computes with 64 MB temporaries
     faults their pages in once; with glibc's default behaviour, at every
     step (counted in a fresh process, whose allocator nothing else set)."""
-    import os
-    import subprocess
-    import sys
     script = (
         "import resource, sys, torch\n"
         "from helpers.config import keep_freed_memory\n"
